@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import zlib
 from dataclasses import dataclass
 
 import nibabel as nib
@@ -46,6 +47,40 @@ def decode(data: bytes, what: str = "image") -> nib.Nifti1Image:
         raise NiftiError(f"{what}: not a NIfTI image ({type(exc).__name__}: {exc})") from exc
 
 
+def read_header(data: bytes, what: str = "image") -> nib.Nifti1Header:
+    """Parse only the header of NIfTI bytes (the first few hundred bytes, decompressed lazily)."""
+    try:
+        raw = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[:4096], 2048) if data[:2] == GZIP_MAGIC else data[:2048]
+        header = nib.Nifti1Header.from_fileobj(io.BytesIO(raw), check=True)
+    except Exception as exc:
+        raise NiftiError(f"{what}: not a NIfTI image ({type(exc).__name__}: {exc})") from exc
+    return header
+
+
+def check_complete(data: bytes, header: nib.Nifti1Header, what: str = "image") -> None:
+    """Require the bytes to hold every voxel the header promises (a truncated file fails here),
+    streaming the decompression so that the volume is never held in memory."""
+    expected = int(header["vox_offset"]) + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
+    if data[:2] == GZIP_MAGIC:
+        inflater, size = zlib.decompressobj(16 + zlib.MAX_WBITS), 0
+        try:
+            for start in range(0, len(data), 1 << 20):
+                size += len(inflater.decompress(data[start : start + (1 << 20)]))
+            size += len(inflater.flush())
+        except zlib.error as exc:
+            raise NiftiError(f"{what}: corrupt gzip stream ({exc})") from exc
+        if not inflater.eof:
+            raise NiftiError(f"{what}: truncated gzip stream")
+    else:
+        size = len(data)
+    if size < expected:
+        raise NiftiError(f"{what}: truncated: {size} bytes of image data, the header needs {expected}")
+
+
+def grid_of_header(header: nib.Nifti1Header) -> Grid:
+    return Grid(shape=tuple(int(s) for s in header.get_data_shape()), affine=np.asarray(header.get_best_affine(), dtype=np.float64))
+
+
 def encode(image: nib.Nifti1Image) -> bytes:
     """Serialise an image to gzip-compressed ``.nii.gz`` bytes (deterministic: mtime 0)."""
     buf = io.BytesIO()
@@ -71,11 +106,14 @@ def as_mask(image: nib.Nifti1Image) -> np.ndarray:
 
 def check_same_grid(images: dict[str, nib.Nifti1Image], atol: float = AFFINE_ATOL_MM) -> Grid:
     """Require 3-D images of equal shape and affines equal within ``atol``; return the grid."""
-    grids = {}
-    for name, image in images.items():
-        if len(image.shape) != 3:
-            raise NiftiError(f"{name} is {len(image.shape)}-D (shape {tuple(image.shape)}), expected 3-D")
-        grids[name] = grid_of(image)
+    return check_same_grids({name: grid_of(image) for name, image in images.items()}, atol)
+
+
+def check_same_grids(grids: dict[str, Grid], atol: float = AFFINE_ATOL_MM) -> Grid:
+    """The same check on grids already read (from headers alone, for instance)."""
+    for name, grid in grids.items():
+        if len(grid.shape) != 3:
+            raise NiftiError(f"{name} is {len(grid.shape)}-D (shape {grid.shape}), expected 3-D")
     (first, ref), *rest = grids.items()
     for name, grid in rest:
         if grid.shape != ref.shape:

@@ -1,0 +1,160 @@
+"""The ``isles-pipeline`` command: the pipeline's parts, usable one at a time outside Dagster.
+
+Each subcommand imports what it needs when it runs, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .catalogue import DEFAULT_REPO_ID
+
+
+def _add_replica(sub: argparse._SubParsersAction) -> None:
+    replica = sub.add_parser("replica", help="build a synthetic replica of the ISLES'24 dataset repo")
+    build = replica.add_subparsers(dest="replica_command", required=True).add_parser(
+        "build", help="write OUT/data/train-XXXXX-of-00149.parquet shards with the real schema"
+    )
+    build.add_argument("out", type=Path)
+    which = build.add_mutually_exclusive_group()
+    which.add_argument("--cases", type=int, help="the first N case ids of the catalogue (default 8)")
+    which.add_argument("--case", action="append", dest="case_ids", metavar="ID", help="a case id (repeatable)")
+    build.add_argument("--ctp-mb", type=float, default=20.0, help="size of the incompressible ctp column per case (MB)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--grid", default="demo", help="volume grid: tiny, demo or real (512x512x80)")
+    build.add_argument("--adc-units", choices=["1e-3", "1e-6"], default=None, help="default: a mix across cases")
+    build.set_defaults(run=_replica_build)
+
+
+def _replica_build(args: argparse.Namespace) -> int:
+    from .hub.replica import build_replica, parse_case_selection
+
+    case_ids = parse_case_selection(args.cases if args.cases or args.case_ids else 8, args.case_ids)
+    manifest = build_replica(args.out, case_ids, grid=args.grid, ctp_mb=args.ctp_mb, seed=args.seed, adc_units=args.adc_units)
+    print(f"wrote {len(case_ids)} shards to {args.out / 'data'} (grid {args.grid}, ctp {args.ctp_mb:g} MB)")
+    return 0 if manifest else 1
+
+
+def _add_hub(sub: argparse._SubParsersAction) -> None:
+    hub = sub.add_parser("hub", help="serve a local folder as a Hugging Face Hub repo (for tests and air-gapped sites)")
+    serve = hub.add_subparsers(dest="hub_command", required=True).add_parser("serve", help="serve ROOT on 127.0.0.1")
+    serve.add_argument("root", type=Path, help="the dataset repo folder (holds data/*.parquet)")
+    serve.add_argument("--repo", default=DEFAULT_REPO_ID, help="the dataset repo id it answers for")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--model", action="append", default=[], metavar="REPO_ID=DIR", help="also serve a model repo (repeatable)")
+    serve.set_defaults(run=_hub_serve)
+
+
+def _hub_serve(args: argparse.Namespace) -> int:
+    from .hub.server import serve_forever
+
+    models = dict(_split_model(spec) for spec in args.model)
+    serve_forever(args.root, repo_id=args.repo, port=args.port, models=models or None)
+    return 0
+
+
+def _split_model(spec: str) -> tuple[str, Path]:
+    repo_id, sep, folder = spec.partition("=")
+    if not sep:
+        raise SystemExit(f"--model expects REPO_ID=DIR, got {spec!r}")
+    return repo_id, Path(folder)
+
+
+def _add_fetch(sub: argparse._SubParsersAction) -> None:
+    fetch = sub.add_parser("fetch", help="fetch one case's DWI, ADC and mask from its shard; print a JSON summary")
+    fetch.add_argument("case_id")
+    fetch.add_argument("--out", required=True, help="data directory (local path or fsspec URL); files go to OUT/cases/<case id>/")
+    fetch.add_argument("--repo", default=None, help=f"dataset repo (default ISLES_HF_REPO or {DEFAULT_REPO_ID})")
+    fetch.add_argument("--revision", default=None, help="branch, tag or commit (default ISLES_HF_REVISION or main)")
+    fetch.add_argument("--endpoint", default=None, help="Hub URL (default HF_ENDPOINT or the public Hub)")
+    fetch.add_argument("--force", action="store_true", help="download even when the files are current")
+    fetch.set_defaults(run=_fetch)
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .inputs import fetch_case
+    from .source import ShardReader, ShardSource
+    from .store import CaseStore
+
+    source = ShardSource.from_env()
+    overrides = {k: v for k, v in {"repo_id": args.repo, "revision": args.revision, "endpoint": args.endpoint}.items() if v}
+    result = fetch_case(ShardReader(replace(source, **overrides)), CaseStore(args.out), args.case_id, force=args.force)
+    print(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+def _add_segment(sub: argparse._SubParsersAction) -> None:
+    seg = sub.add_parser("segment", help="segment a case from its DWI and ADC files")
+    seg.add_argument("--dwi", required=True, type=Path)
+    seg.add_argument("--adc", required=True, type=Path)
+    seg.add_argument("--out", required=True, type=Path, help="predicted mask, .nii.gz")
+    seg.add_argument("--segmenter", default="rules", help="rules (weight-free) or network")
+    seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.add_argument("--checkpoint", default=None, help="network segmenter: checkpoint path(s) or Hub model repo id")
+    seg.set_defaults(run=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from .predict import predict_files
+
+    summary = predict_files(args.dwi, args.adc, args.out, args.segmenter, args.device, args.checkpoint)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    score = sub.add_parser("score", help="score a predicted mask against the ground truth (official ISLES metrics)")
+    score.add_argument("--pred", required=True, type=Path)
+    score.add_argument("--gt", required=True, type=Path)
+    score.set_defaults(run=_score)
+
+
+def _score(args: argparse.Namespace) -> int:
+    from .metrics import score_files
+
+    print(json.dumps(score_files(args.pred, args.gt).as_dict(), indent=2))
+    return 0
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    demo = sub.add_parser("demo", help="run the whole pipeline on a local replica, offline, and print the report")
+    demo.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
+    demo.add_argument("--home", type=Path, default=Path(".isles"), help="working folder: replica, data, DAGSTER_HOME (default .isles)")
+    demo.add_argument("--grid", default="demo", help="replica grid: tiny, demo or real")
+    demo.add_argument("--ctp-mb", type=float, default=20.0)
+    demo.add_argument("--segmenter", default=None, help="default ISLES_SEGMENTER or rules")
+    demo.set_defaults(run=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args.home, cases=args.cases, grid=args.grid, ctp_mb=args.ctp_mb, segmenter=args.segmenter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="isles-pipeline", description="ISLES'24 stroke-lesion segmentation pipeline")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_demo, _add_fetch, _add_segment, _add_score, _add_replica, _add_hub):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"isles-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

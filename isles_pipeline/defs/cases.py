@@ -1,0 +1,57 @@
+"""``case_inputs``: one case's DWI, ADC and lesion mask, fetched from its shard into the store."""
+
+
+from typing import Optional
+
+import dagster as dg
+
+from ..inputs import FetchResult, fetch_case
+from .batching import CaseOutcome, run_cases
+from .partitions import case_backfill_policy, case_partitions
+from .resources import CaseStoreResource, ShardSourceResource
+
+# Network faults that HfFileSystem and our own retries did not ride out get a few more tries,
+# spaced out; bad data raises Failure(allow_retries=False) and is never retried.
+network_retry_policy = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+
+
+def fetch_metadata(result: FetchResult) -> dict:
+    summary = result.summary()
+    files = summary["files"]
+    return {
+        "revision": summary["revision"],
+        "shard": summary["shard"],
+        "shard_bytes": dg.MetadataValue.int(summary["shard_bytes"]),
+        "skipped_download": dg.MetadataValue.bool(result.skipped),
+        "bytes_transferred": dg.MetadataValue.int(summary["bytes_transferred"]),
+        "range_requests": dg.MetadataValue.int(summary["range_requests"]),
+        "retries": dg.MetadataValue.int(summary["retries"]),
+        "seconds": dg.MetadataValue.float(summary["seconds"]),
+        "shape": str(tuple(summary["shape"])),
+        "voxel_size_mm": str(tuple(summary["voxel_size_mm"])),
+        "lesion_ml": dg.MetadataValue.float(float(summary["lesion_ml"])),
+        **{f"sha256_{column}": f["sha256"] for column, f in files.items()},
+    }
+
+
+@dg.asset(
+    partitions_def=case_partitions,
+    backfill_policy=case_backfill_policy,
+    retry_policy=network_retry_policy,
+    group_name="cases",
+    kinds={"parquet", "nifti"},
+    description="The case's DWI, ADC and lesion mask as .nii.gz files (the shard's original bytes), "
+    "read from its one parquet shard: only the needed columns, over HfFileSystem.",
+)
+def case_inputs(
+    context: dg.AssetExecutionContext, shard_source: ShardSourceResource, case_store: CaseStoreResource
+) -> Optional[dg.MaterializeResult]:
+    reader, store = shard_source.reader(), case_store.store()
+
+    def fetch(case_id: str) -> CaseOutcome:
+        result = fetch_case(reader, store, case_id)
+        verb = "unchanged, download skipped" if result.skipped else f"{result.transfer.bytes:,} bytes in {result.transfer.requests} range requests"
+        context.log.info(f"case {case_id}: {verb}")
+        return CaseOutcome(metadata=fetch_metadata(result), data_version=result.manifest.shard_oid)
+
+    return run_cases(context, store, fetch)

@@ -1,0 +1,38 @@
+"""The segmenter interface and device selection."""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+
+@runtime_checkable
+class Segmenter(Protocol):
+    """A lesion segmenter.
+
+    ``segment`` takes the DWI and ADC voxel arrays of one case (float32, same 3-D shape, header
+    scaling applied, any orientation) and the grid's 4x4 affine (voxel -> mm), and returns a
+    boolean mask of that shape.
+    """
+
+    name: str
+    device: torch.device
+
+    def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray: ...
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` force one."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {spec!r} was requested but CUDA is not available on this machine; use 'auto' or 'cpu'")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {spec!r}: expected auto, cpu or cuda[:N]")
+    return device
