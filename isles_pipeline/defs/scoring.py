@@ -13,7 +13,7 @@ from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
 from .partitions import case_backfill_policy, case_partitions
 from .resources import CaseStoreResource
-from .segmentation import PREDICTION_FILE, case_prediction
+from .segmentation import PREDICTION_FILE, PREDICTION_INFO_FILE, case_prediction
 
 METRICS_FILE = "metrics.json"
 # Bounds every metric must respect; the volumes and counts only have a floor.
@@ -44,7 +44,10 @@ def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResourc
         gt = read_case_images(store, case_id)["lesion_mask"]
         pred = nifti.decode(store.read_bytes(store.case_path(case_id, PREDICTION_FILE)), f"case {case_id} prediction")
         numbers = score_images(pred, gt).as_dict()
-        store.write_text(store.case_path(case_id, METRICS_FILE), json.dumps({"case_id": case_id, **numbers}, indent=2))
+        info_path = store.case_path(case_id, PREDICTION_INFO_FILE)
+        info = json.loads(info_path.read_text()) if info_path.exists() else {}
+        record = {"case_id": case_id, **numbers, **info}
+        store.write_text(store.case_path(case_id, METRICS_FILE), json.dumps(record, indent=2))
         context.log.info(f"case {case_id}: dice {numbers['dice']:.3f}, f1 (ISLES'24) {numbers['f1_isles24']:.3f}")
         return CaseOutcome(metadata={key: dg.MetadataValue.float(float(value)) for key, value in numbers.items()})
 

@@ -4,6 +4,7 @@ It runs in the ``gpu`` pool (limited to one at a time by the instance config), a
 segmenter resource builds the model once per run, however many cases the run carries.
 """
 
+import json
 from typing import Optional
 
 import dagster as dg
@@ -17,6 +18,8 @@ from .partitions import case_backfill_policy, case_partitions
 from .resources import CaseStoreResource, SegmenterResource
 
 PREDICTION_FILE = "prediction.nii.gz"
+# How the prediction was made, beside it: the metrics record and the report carry it on.
+PREDICTION_INFO_FILE = "prediction.json"
 
 
 @dg.asset(
@@ -38,6 +41,8 @@ def case_prediction(
         result = predict(model, images["dwi"], images["adc"])
         target = store.case_path(case_id, PREDICTION_FILE)
         sha = store.write_bytes(target, nifti.encode(result.mask))
+        info = {"segmenter": model.name, "device": result.device, "seconds": round(result.seconds, 4)}
+        store.write_text(store.case_path(case_id, PREDICTION_INFO_FILE), json.dumps(info, indent=2))
         context.log.info(f"case {case_id}: {result.predicted_ml:.2f} ml predicted in {result.seconds:.2f} s on {result.device}")
         return CaseOutcome(
             metadata={

@@ -1,0 +1,61 @@
+"""Shared fixtures: an isolated Hub client environment, the real ISLES'22 case, and a small
+replica served by the local Hub server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
+
+ISLES22_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "isles22"
+REPLICA_CASES = list(CASE_IDS[:3])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def hub_client_env(tmp_path_factory):
+    """No token, no telemetry, no Xet, a private HF_HOME: the client talks only to our servers."""
+    saved = dict(os.environ)
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "GITHUB_TOKEN", "ISLES_DATA_DIR", "ISLES_HF_REPO", "ISLES_HF_REVISION"):
+        os.environ.pop(key, None)
+    os.environ.update(
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+        DAGSTER_DISABLE_TELEMETRY="1",
+        HF_HOME=str(tmp_path_factory.mktemp("hf_home")),
+    )
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def isles22_dir() -> Path:
+    """The real ISLES'22 case (read-only). ISLES22_DIR overrides where it is."""
+    folder = Path(os.environ.get("ISLES22_DIR", ISLES22_DEFAULT)) / "sub-strokecase0009"
+    if not folder.is_dir():
+        pytest.skip(f"the real ISLES'22 case is not at {folder} (set ISLES22_DIR to the folder holding sub-strokecase0009)")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def replica_dir(tmp_path_factory) -> Path:
+    """A replica of the first three cases on the tiny grid, with a 2 MB ctp column."""
+    from isles_pipeline.hub.replica import build_replica
+
+    out = tmp_path_factory.mktemp("replica")
+    build_replica(out, REPLICA_CASES, grid="tiny", ctp_mb=2, seed=0)
+    return out
+
+
+@pytest.fixture()
+def hub(replica_dir):
+    """The local Hub server serving the replica as the real dataset repo id (fresh per test)."""
+    from isles_pipeline.hub.server import HubServer
+
+    server = HubServer(host="127.0.0.1", port=0)
+    server.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
+    with server:
+        yield server
