@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 
+# The demo prints its own progress; Dagster's console logger stays quiet unless something breaks.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
 @dataclass
 class CaseLine:
     text: str
@@ -34,9 +38,9 @@ def materialise_cases(case_ids: list[str]) -> CaseLine:
     instance = dg.DagsterInstance.get()
     tags = {"dagster/asset_partition_range_start": case_ids[0], "dagster/asset_partition_range_end": case_ids[-1]}
     if len(case_ids) == 1:
-        result = job.execute_in_process(partition_key=case_ids[0], instance=instance, raise_on_error=False)
+        result = job.execute_in_process(run_config=QUIET_LOGS, partition_key=case_ids[0], instance=instance, raise_on_error=False)
     else:
-        result = job.execute_in_process(tags=tags, instance=instance, raise_on_error=False)
+        result = job.execute_in_process(run_config=QUIET_LOGS, tags=tags, instance=instance, raise_on_error=False)
     if not result.success:
         failure = next((e for e in result.all_events if e.is_step_failure), None)
         cause = failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "run failed"
@@ -53,5 +57,5 @@ def materialise_cases(case_ids: list[str]) -> CaseLine:
 def materialise_report() -> str:
     """Materialise metrics_report; return its markdown summary."""
     job = _definitions().resolve_job_def("report_job")
-    result = job.execute_in_process(instance=dg.DagsterInstance.get(), raise_on_error=True)
+    result = job.execute_in_process(run_config=QUIET_LOGS, instance=dg.DagsterInstance.get(), raise_on_error=True)
     return str(_metadata(result, "metrics_report").get("summary", ""))
