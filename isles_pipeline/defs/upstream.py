@@ -125,13 +125,15 @@ def observe(previous: WatchCursor | None, outcome: FetchOutcome) -> IssueState |
     )
 
 
-def probe_reason(previous: WatchCursor | None, issue: IssueState, pyarrow_version: str) -> str | None:
+def probe_reason(
+    previous: WatchCursor | None, issue: IssueState, pyarrow_version: str
+) -> str | None:
     """Why a probe is due, or ``None`` when the state and pyarrow were already probed."""
     if previous is None:
         return "first observation"
     if not previous.same_issue_state(issue):
-        return f"issue {previous.state} (closed_at {previous.closed_at}) -> {issue.state} " \
-               f"(closed_at {issue.closed_at})"
+        return (f"issue {previous.state} (closed_at {previous.closed_at}) -> {issue.state} "
+                f"(closed_at {issue.closed_at})")
     if previous.pyarrow_version != pyarrow_version:
         return f"pyarrow {previous.pyarrow_version} -> {pyarrow_version}"
     return None
@@ -170,10 +172,10 @@ def decide_tick(
     """The whole sensor decision, free of I/O: run request, skip, or skip on failure."""
     issue = observe(previous, outcome)
     if isinstance(issue, FetchFailure):
+        # No cursor in the result: Dagster keeps the stored one as it is.
         return dg.SensorResult(
             skip_reason=f"{ref.label}: GitHub check failed ({issue.kind}): {issue.message}; "
-                        "cursor kept",
-            cursor=previous.to_json() if previous else None,
+                        "cursor kept"
         )
     cursor = WatchCursor(issue.state, issue.state_reason, issue.closed_at, issue.updated_at,
                          issue.etag, pyarrow_version).to_json()
@@ -198,7 +200,9 @@ class Verdict:
     description: str
 
 
-def judge_agreement(issue_state: str, issue_state_reason: str | None, probe: ProbeResult) -> Verdict:
+def judge_agreement(
+    issue_state: str, issue_state_reason: str | None, probe: ProbeResult
+) -> Verdict:
     """Compare what upstream says with what the installed pyarrow does."""
     says_fixed = issue_state == "closed" and issue_state_reason != "not_planned"
     broken = probe.outcome in ("hang", "abort")
@@ -245,7 +249,9 @@ def probe_metadata(probe: ProbeResult, config: ProbeConfig) -> dict[str, dg.Meta
         )
     ],
 )
-def pyarrow_hang_probe(context: dg.AssetExecutionContext, config: ProbeConfig) -> dg.MaterializeResult:
+def pyarrow_hang_probe(
+    context: dg.AssetExecutionContext, config: ProbeConfig
+) -> dg.MaterializeResult:
     """Run the probe, record its outcome, and judge it against the issue state seen."""
     probe = run_probe(timeout_s=config.timeout_s, spec=ProbeFileSpec(rows=config.rows))
     context.log.info(f"pyarrow {probe.pyarrow_version}: {probe.outcome} in {probe.seconds} s")
