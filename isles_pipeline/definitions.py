@@ -9,28 +9,21 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
-from .defs.cases import case_inputs  # noqa: E402
-from .defs.partitions import case_partitions  # noqa: E402
+from .defs.jobs import CASE_CHAIN, case_chain_job, report_job  # noqa: E402
 from .defs.report import metrics_report  # noqa: E402
 from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource  # noqa: E402
-from .defs.scoring import case_metrics, inputs_on_one_grid, metrics_in_range  # noqa: E402
-from .defs.segmentation import case_prediction  # noqa: E402
-
-CASE_CHAIN = [case_inputs, case_prediction, case_metrics]
-
-case_chain_job = dg.define_asset_job(
-    "case_chain",
-    selection=dg.AssetSelection.assets(*CASE_CHAIN),
-    partitions_def=case_partitions,
-    description="Fetch, segment and score the selected cases (a partition or a range of them).",
-)
-report_job = dg.define_asset_job("report_job", selection=dg.AssetSelection.assets(metrics_report), description="Rebuild the report across cases.")
+from .defs.schedules import case_backfill_schedule, report_after_failure, report_after_success  # noqa: E402
+from .defs.scoring import inputs_on_one_grid, metrics_in_range  # noqa: E402
+from .defs.upstream import UPSTREAM_ASSETS, UPSTREAM_JOBS, UPSTREAM_RESOURCES, UPSTREAM_SENSORS  # noqa: E402
 
 defs = dg.Definitions(
-    assets=[*CASE_CHAIN, metrics_report],
+    assets=[*CASE_CHAIN, metrics_report, *UPSTREAM_ASSETS],
     asset_checks=[inputs_on_one_grid, metrics_in_range],
-    jobs=[case_chain_job, report_job],
+    jobs=[case_chain_job, report_job, *UPSTREAM_JOBS],
+    schedules=[case_backfill_schedule],
+    sensors=[*UPSTREAM_SENSORS, report_after_success, report_after_failure],
     resources={
+        **UPSTREAM_RESOURCES,
         "shard_source": ShardSourceResource.from_env(),
         "case_store": CaseStoreResource.from_env(),
         "segmenter": SegmenterResource.from_env(),

@@ -52,7 +52,7 @@ def run_cases(
         try:
             outcome = work(case_id)
         except Exception as exc:
-            record_failure(store, case_id, step, describe(case_id, exc), context.run_id)
+            record_failure(store, case_id, step, describe(case_id, exc), context.run.run_id)
             raise
         clear_failure(store, case_id, step)
         return outcome

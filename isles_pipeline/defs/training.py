@@ -1,0 +1,163 @@
+"""Dagster layer for training: the ``segmenter_checkpoint`` asset and the ``train_segmenter`` job.
+
+The asset reads cases that ``case_inputs`` materialised (``<root>/cases/<id>/{dwi,adc,
+lesion_mask}.nii.gz``) through the ``case_store`` resource, trains with
+:func:`isles_pipeline.train.train_segmenter`, and writes ``<root>/models/segmenter_checkpoint/``
+``model.ts``, ``loss.png`` and ``training.json`` through ``CaseStore``. ``model.ts`` is what
+``ISLES_CHECKPOINT`` can point the network segmenter at. torch is imported when the asset runs,
+not when the code location loads.
+"""
+
+# No ``from __future__ import annotations``: Dagster reads the asset's parameter annotations
+# (config class, resource type) at definition time and needs real types there.
+import base64
+import json
+from typing import TYPE_CHECKING
+
+import dagster as dg
+from pydantic import Field
+
+from ..nifti import as_float32, as_mask, check_same_grid, decode
+from ..store import CaseStore
+from .resources import CaseStoreResource
+
+if TYPE_CHECKING:
+    from ..train.training import TrainConfig, TrainingCase, TrainResult
+
+MODEL_AREA = ("models", "segmenter_checkpoint")
+IMAGE_FILES = {"dwi": "dwi.nii.gz", "adc": "adc.nii.gz", "lesion_mask": "lesion_mask.nii.gz"}
+
+
+class SegmenterCheckpointConfig(dg.Config):
+    """Which cases to train and score on, and the training settings (see ``TrainConfig``)."""
+
+    train_case_ids: list[str] = Field(description="cases to train on (their case_inputs must be materialised)")
+    held_out_case_ids: list[str] = Field(default_factory=list, description="cases scored with the trained model")
+    epochs: int = 50
+    steps_per_epoch: int = 16
+    batch_size: int = 2
+    patch_size: list[int] = Field(default_factory=lambda: [96, 96, 64], description="three multiples of 8")
+    arch: str = Field(default="SegResNet", description="SegResNet or DynUNet")
+    init_filters: int = 16
+    target_spacing: list[float] = Field(default_factory=lambda: [1.0, 1.0, 1.0], description="mm per voxel axis")
+    learning_rate: float = 1e-3
+    seed: int = 0
+    device: str = Field(default="auto", description="auto, cpu or cuda[:N]")
+    amp: bool = True
+
+
+def read_training_case(store: CaseStore, case_id: str) -> "TrainingCase":
+    """One materialised case's DWI, ADC, lesion mask and affine, read through the store."""
+    from ..train.training import TrainingCase
+
+    images = {}
+    for column, name in IMAGE_FILES.items():
+        target = store.case_path(case_id, name)
+        if not target.exists():
+            raise dg.Failure(f"case {case_id}: {target} is missing; materialise case_inputs for {case_id} first")
+        images[column] = decode(store.read_bytes(target), f"{case_id} {name}")
+    grid = check_same_grid(images)
+    return TrainingCase(
+        case_id=case_id,
+        dwi=as_float32(images["dwi"]),
+        adc=as_float32(images["adc"]),
+        mask=as_mask(images["lesion_mask"]),
+        affine=grid.affine,
+    )
+
+
+def _train_config(config: SegmenterCheckpointConfig) -> "TrainConfig":
+    from ..train.training import TrainConfig
+
+    try:
+        return TrainConfig(
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            batch_size=config.batch_size,
+            patch_size=tuple(config.patch_size),
+            arch=config.arch,
+            init_filters=config.init_filters,
+            target_spacing=tuple(config.target_spacing),
+            learning_rate=config.learning_rate,
+            seed=config.seed,
+            device=config.device,
+            amp=config.amp,
+        )
+    except ValueError as exc:
+        raise dg.Failure(f"invalid training config: {exc}") from exc
+
+
+def _summary(config: SegmenterCheckpointConfig, result: "TrainResult", checkpoint_sha256: str) -> dict[str, object]:
+    """``training.json``: enough to know what produced the checkpoint (no secrets in it)."""
+    return {
+        "config": config.model_dump(),
+        "arch": result.arch,
+        "network_kwargs": result.network_kwargs,
+        "losses": result.losses,
+        "held_out_dice": result.held_out_dice,
+        "device": result.device,
+        "seconds": result.seconds,
+        "checkpoint_sha256": checkpoint_sha256,
+    }
+
+
+def _loss_markdown(png: bytes, path: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f"![training loss](data:image/png;base64,{encoded})\n\n`{path}`"
+
+
+@dg.asset(
+    group_name="training",
+    kinds={"pytorch", "monai"},
+    deps=[dg.AssetKey("case_inputs")],
+    description="A SegResNet/DynUNet trained on materialised cases, exported as TorchScript model.ts.",
+)
+def segmenter_checkpoint(
+    context: dg.AssetExecutionContext, config: SegmenterCheckpointConfig, case_store: CaseStoreResource
+) -> dg.MaterializeResult:
+    from ..train.training import save_loss_plot, train_segmenter
+
+    overlap = set(config.train_case_ids) & set(config.held_out_case_ids)
+    if not config.train_case_ids or overlap:
+        raise dg.Failure(f"need train_case_ids, disjoint from held_out_case_ids (shared: {sorted(overlap)})")
+    train_config = _train_config(config)
+    store = case_store.store()
+    cases = [read_training_case(store, case_id) for case_id in config.train_case_ids]
+    held_out = [read_training_case(store, case_id) for case_id in config.held_out_case_ids]
+
+    def log_epoch(epoch: int, loss: float) -> None:
+        context.log.info(f"epoch {epoch}/{config.epochs}: loss {loss:.4f}")
+
+    result = train_segmenter(cases, held_out, train_config, on_epoch=log_epoch)
+
+    checkpoint = store.path(*MODEL_AREA, "model.ts")
+    checkpoint_sha256 = store.write_bytes(checkpoint, result.checkpoint_bytes())
+    png = save_loss_plot(result.losses, title=f"{result.arch} training loss")
+    loss_plot = store.path(*MODEL_AREA, "loss.png")
+    store.write_bytes(loss_plot, png)
+    store.write_text(store.path(*MODEL_AREA, "training.json"), json.dumps(_summary(config, result, checkpoint_sha256), indent=2))
+
+    mean_dice = result.mean_held_out_dice
+    return dg.MaterializeResult(
+        metadata={
+            "epochs": dg.MetadataValue.int(result.epochs),
+            "final_loss": dg.MetadataValue.float(result.losses[-1]),
+            "held_out_dice_mean": dg.MetadataValue.float(mean_dice) if held_out else dg.MetadataValue.null(),
+            "held_out_dice": dg.MetadataValue.json(result.held_out_dice),
+            "train_case_ids": dg.MetadataValue.json(list(config.train_case_ids)),
+            "held_out_case_ids": dg.MetadataValue.json(list(config.held_out_case_ids)),
+            "loss_curve": dg.MetadataValue.md(_loss_markdown(png, str(loss_plot))),
+            "loss_plot_path": dg.MetadataValue.path(str(loss_plot)),
+            "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
+            "checkpoint_sha256": dg.MetadataValue.text(checkpoint_sha256),
+            "arch": dg.MetadataValue.text(result.arch),
+            "device": dg.MetadataValue.text(result.device),
+            "seconds": dg.MetadataValue.float(result.seconds),
+        },
+        data_version=dg.DataVersion(checkpoint_sha256),
+    )
+
+
+train_segmenter_job = dg.define_asset_job(
+    "train_segmenter", selection=[segmenter_checkpoint], description="Train and export the network segmenter."
+)

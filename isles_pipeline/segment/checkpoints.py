@@ -1,0 +1,217 @@
+"""Finding and loading segmentation checkpoints: local files or Hugging Face Hub model repos.
+
+A checkpoint *spec* is one of
+
+* a local file (``model.ts``, ``fold0.pt``) or a folder, whose ``*.ts``/``*.pt``/``*.pth`` files
+  are taken in name order (one ensemble member each);
+* a Hub model repo: ``[hf://]org/name[@revision][:pattern[,pattern...]]``, e.g.
+  ``org/nvauto@v1:fold*.ts``. Patterns without wildcards are file names downloaded directly;
+  wildcard patterns are matched against the repo's file list; no pattern means all checkpoint
+  files. Downloads use ``hf_hub_download`` with the endpoint given or ``HF_ENDPOINT``; the token
+  is never handled here: like the dataset reader, the client reads ``HF_TOKEN`` itself.
+
+A checkpoint *file* is either TorchScript (``torch.jit.save``; DeepISLES' NVAUTO models are) or
+a ``torch.save``-d dict ``{"arch": "SegResNet", "kwargs": {...}, "state_dict": {...}}`` naming a
+MONAI network (see :func:`state_dict_checkpoint_bytes`), loaded with ``weights_only=True`` so
+that a checkpoint file cannot run code. Networks map ``(N, 2, X, Y, Z)`` [ADC, DWI] to logits
+``(N, K, X, Y, Z)``: K=2 (background, lesion) softmax logits, or K=1 sigmoid logits.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import os
+import re
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import HfApi, hf_hub_download
+from monai.networks import nets
+
+from isles_pipeline.retry import call_with_retries
+
+CHECKPOINT_SUFFIXES = (".ts", ".pt", ".pth")
+DEFAULT_PATTERNS = tuple(f"*{suffix}" for suffix in CHECKPOINT_SUFFIXES)
+HUB_PREFIX = "hf://"
+# MONAI networks a state-dict checkpoint may name; anything else is refused, not imported.
+ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
+    "SegResNet": nets.SegResNet,
+    "DynUNet": nets.DynUNet,
+    "UNet": nets.UNet,
+    "BasicUNet": nets.BasicUNet,
+}
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """A spec that resolves to no usable checkpoint, or a file that is not one."""
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A parsed Hub checkpoint spec."""
+
+    repo_id: str
+    revision: str | None
+    patterns: tuple[str, ...]
+
+
+@dataclass
+class LoadedModel:
+    """One ensemble member: the network in eval mode and where it came from."""
+
+    module: torch.nn.Module
+    source: str
+    kind: str  # "torchscript" | "state_dict" | "module"
+
+
+def parse_hub_spec(spec: str) -> HubSpec | None:
+    """Parse ``[hf://]org/name[@revision][:patterns]``; None if ``spec`` is not of that form."""
+    body = spec[len(HUB_PREFIX) :] if spec.startswith(HUB_PREFIX) else spec
+    body, _, pattern_text = body.partition(":")
+    repo_id, _, revision = body.partition("@")
+    if not _REPO_ID.match(repo_id):
+        return None
+    patterns = tuple(p.strip() for p in pattern_text.split(",") if p.strip())
+    return HubSpec(repo_id=repo_id, revision=revision or None, patterns=patterns)
+
+
+def resolve_checkpoint_files(spec: str | os.PathLike[str], endpoint: str | None = None) -> list[Path]:
+    """Local checkpoint files for one spec (downloading Hub files into the HF cache)."""
+    text = os.fspath(spec)
+    local = Path(text).expanduser()
+    if not text.startswith(HUB_PREFIX) and local.exists():
+        return _local_files(local)
+    hub = parse_hub_spec(text)
+    # "dir/model.ts" that does not exist is a mistyped path, not a repo (unless hf:// says so).
+    looks_like_file = not text.startswith(HUB_PREFIX) and local.suffix in CHECKPOINT_SUFFIXES
+    if hub is None or looks_like_file:
+        raise CheckpointError(f"checkpoint {text!r}: no such file or folder, and not a Hub repo id (org/name)")
+    return _download(hub, endpoint)
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
+    if not files:
+        raise CheckpointError(f"checkpoint folder {str(path)!r} holds no {'/'.join(CHECKPOINT_SUFFIXES)} files")
+    return files
+
+
+def hub_endpoint(endpoint: str | None = None) -> str | None:
+    """The endpoint to use: the argument, else ``HF_ENDPOINT`` read now (not at import), else
+    None (the client's default, the public Hub)."""
+    return endpoint or os.environ.get("HF_ENDPOINT") or None
+
+
+def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
+    endpoint = hub_endpoint(endpoint)
+    names = _hub_file_names(hub, endpoint)
+
+    def fetch(name: str) -> Path:
+        # token=None: huggingface_hub reads HF_TOKEN itself; the token never passes through here.
+        return Path(
+            call_with_retries(
+                lambda: hf_hub_download(
+                    hub.repo_id, name, repo_type="model", revision=hub.revision, endpoint=endpoint, token=None
+                ),
+                what=f"download {hub.repo_id}/{name}",
+            )
+        )
+
+    return [fetch(name) for name in names]
+
+
+def _hub_file_names(hub: HubSpec, endpoint: str | None) -> list[str]:
+    """File names to download: literal patterns as they are, wildcards matched against the repo."""
+    patterns = hub.patterns or DEFAULT_PATTERNS
+    literal = [p for p in patterns if not any(ch in p for ch in "*?[")]
+    wildcards = [p for p in patterns if p not in literal]
+    names = list(literal)
+    if wildcards:
+        info = call_with_retries(
+            lambda: HfApi(endpoint=endpoint).model_info(hub.repo_id, revision=hub.revision),
+            what=f"list {hub.repo_id}",
+        )
+        listed = sorted(s.rfilename for s in info.siblings or [])
+        names += [n for n in listed if n not in names and any(fnmatch.fnmatch(n, p) for p in wildcards)]
+    if not names:
+        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no files matching {', '.join(patterns)}")
+    return names
+
+
+def is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zip files with ``constants.pkl`` and ``code/`` (torch.save zips are not)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def build_network(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate an allowed MONAI network by class name."""
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[arch](**kwargs)
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> LoadedModel:
+    """Load one checkpoint file onto ``device`` in eval mode."""
+    path = Path(path)
+    if is_torchscript(path):
+        module = torch.jit.load(str(path), map_location=device)
+        return LoadedModel(module=module.eval(), source=str(path), kind="torchscript")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: neither TorchScript nor a torch.save checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or not {"arch", "kwargs", "state_dict"} <= payload.keys():
+        raise CheckpointError(
+            f"{path}: a torch.save checkpoint must be a dict with 'arch', 'kwargs' and 'state_dict' "
+            "(see isles_pipeline.segment.checkpoints.state_dict_checkpoint_bytes)"
+        )
+    module = build_network(payload["arch"], dict(payload["kwargs"]))
+    module.load_state_dict(payload["state_dict"])
+    return LoadedModel(module=module.to(device).eval(), source=str(path), kind="state_dict")
+
+
+def load_models(
+    specs: str | os.PathLike[str] | Sequence[str | os.PathLike[str] | torch.nn.Module],
+    device: torch.device,
+    endpoint: str | None = None,
+) -> list[LoadedModel]:
+    """Resolve and load every checkpoint of one or more specs (in-memory modules pass through)."""
+    if isinstance(specs, (str, os.PathLike, torch.nn.Module)):
+        specs = [specs]
+    models: list[LoadedModel] = []
+    for spec in specs:
+        if isinstance(spec, torch.nn.Module):
+            models.append(LoadedModel(module=spec.to(device).eval(), source=type(spec).__name__, kind="module"))
+            continue
+        models += [load_checkpoint(path, device) for path in resolve_checkpoint_files(spec, endpoint)]
+    if not models:
+        raise CheckpointError("no checkpoints given")
+    return models
+
+
+def state_dict_checkpoint_bytes(arch: str, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> bytes:
+    """Serialise a MONAI network as the ``{"arch", "kwargs", "state_dict"}`` dict this module loads."""
+    if arch not in ARCHITECTURES:  # refuse at save time, not when someone loads it later
+        raise CheckpointError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    buffer = io.BytesIO()
+    cpu_state = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
+    torch.save({"arch": arch, "kwargs": kwargs, "state_dict": cpu_state}, buffer)
+    return buffer.getvalue()
+
+
+def torchscript_bytes(module: torch.jit.ScriptModule) -> bytes:
+    """Serialise a scripted or traced module (write the bytes through ``CaseStore``)."""
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return buffer.getvalue()

@@ -1,0 +1,173 @@
+"""The Dagster layer: definitions, the case chain on one partition and on a batch with a bad case,
+the report, and the nightly backfill schedule — on a real instance, against the local Hub."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+
+from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
+from isles_pipeline.definitions import defs
+from isles_pipeline.defs.jobs import CASE_CHAIN
+from isles_pipeline.defs.report import metrics_report
+from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+from isles_pipeline.defs.schedules import case_backfill_schedule, plan_backfill
+from isles_pipeline.defs.scoring import inputs_on_one_grid, metrics_in_range
+from isles_pipeline.hub import replica
+from isles_pipeline.hub.server import HubServer
+from isles_pipeline.metrics import score_files
+
+CHECKS = [inputs_on_one_grid, metrics_in_range]
+RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+
+
+def resources_for(url: str, data_dir) -> dict:
+    return {
+        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
+        "case_store": CaseStoreResource(data_dir=str(data_dir)),
+        "segmenter": SegmenterResource(name="rules", device="cpu"),
+    }
+
+
+def materializations(instance: dg.DagsterInstance, asset: str, partition: str) -> list[dg.AssetMaterialization]:
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=10
+    ).records
+    return [r.asset_materialization for r in records]
+
+
+def meta(materialization: dg.AssetMaterialization) -> dict:
+    return {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+
+
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+def test_definitions_have_149_case_partitions_and_the_gpu_pool():
+    case_inputs = defs.resolve_assets_def("case_inputs")
+    assert case_inputs.partitions_def.get_partition_keys() == list(CASE_IDS)
+    assert len(CASE_IDS) == 149
+    assert defs.resolve_assets_def("case_prediction").op.pool == "gpu"
+    assert {j.name for j in defs.jobs} >= {"case_chain", "report_job", "pyarrow_probe_job"}
+    assert case_backfill_schedule.cron_schedule == "0 2 * * *"
+    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "report_after_success", "report_after_failure"}
+
+
+def test_one_partition_through_the_chain(hub, replica_dir, tmp_path, instance):
+    case_id = CASE_IDS[0]
+    result = dg.materialize([*CASE_CHAIN, *CHECKS], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path))
+    assert result.success
+    inputs = meta(materializations(instance, "case_inputs", case_id)[0])
+    cell = pq.read_table(replica_dir / shard_path(case_id), columns=["dwi"]).column("dwi")[0].as_py()["bytes"]
+    assert inputs["sha256_dwi"] == hashlib.sha256(cell).hexdigest()
+    assert inputs["range_requests"] <= 4 and inputs["skipped_download"] is False
+    assert inputs["shape"] == "(48, 48, 16)"
+    shard_sha = hashlib.sha256((replica_dir / shard_path(case_id)).read_bytes()).hexdigest()
+    assert materializations(instance, "case_inputs", case_id)[0].tags["dagster/data_version"] == shard_sha
+    prediction = meta(materializations(instance, "case_prediction", case_id)[0])
+    assert (prediction["segmenter"], prediction["device"]) == ("rules", "cpu")
+    scored = meta(materializations(instance, "case_metrics", case_id)[0])
+    case_dir = tmp_path / "cases" / case_id
+    direct = score_files(case_dir / "prediction.nii.gz", case_dir / "lesion_mask.nii.gz").as_dict()
+    assert {k: scored[k] for k in direct} == pytest.approx(direct)
+    assert json.loads((case_dir / "metrics.json").read_text())["dice"] == direct["dice"]
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks == {"inputs_on_one_grid": True, "metrics_in_range": True}
+
+
+def test_rerun_on_an_unchanged_shard_skips_the_download(hub, tmp_path, instance):
+    case_id = CASE_IDS[2]
+    for _ in range(2):
+        assert dg.materialize([CASE_CHAIN[0]], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path)).success
+    latest, first = materializations(instance, "case_inputs", case_id)[:2]
+    assert (meta(first)["skipped_download"], meta(latest)["skipped_download"]) == (False, True)
+    assert meta(latest)["bytes_transferred"] == 0
+    assert latest.tags["dagster/data_version"] == first.tags["dagster/data_version"]
+
+
+@pytest.fixture()
+def repo_with_a_bad_case(tmp_path):
+    """Three consecutive cases; the middle one's ADC is on another grid."""
+    repo = tmp_path / "repo"
+    for index, case_id in enumerate(CASE_IDS[:3]):
+        row = replica.case_row(case_id, grid="tiny", ctp_mb=0.05)
+        if index == 1:
+            row = {**row, "adc": replica.cropped_cell(row["adc"])}
+        replica.write_shard(repo / shard_path(case_id), row)
+    with HubServer() as server:
+        server.add_repo("dataset", DEFAULT_REPO_ID, repo)
+        yield server
+
+
+def test_a_bad_case_in_a_batch_fails_alone_and_is_reported(repo_with_a_bad_case, tmp_path, instance):
+    good, bad = [CASE_IDS[0], CASE_IDS[2]], CASE_IDS[1]
+    resources = resources_for(repo_with_a_bad_case.url, tmp_path / "data")
+    tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
+    result = dg.materialize(CASE_CHAIN, instance=instance, resources=resources, tags=tags, raise_on_error=False)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert f"case {bad}: adc shape (48, 48, 14) differs from dwi shape (48, 48, 16)" in failure.step_failure_data.error.message
+    materialized = instance.get_materialized_partitions(dg.AssetKey("case_inputs"))
+    assert materialized == set(good)
+    statuses = instance.get_status_by_partition(dg.AssetKey("case_inputs"), list(CASE_IDS[:3]), defs.resolve_assets_def("case_inputs").partitions_def)
+    assert statuses[bad] == dg.AssetPartitionStatus.FAILED
+    assert not (tmp_path / "data" / "cases" / bad / "dwi.nii.gz").exists()
+    # the good cases of the batch go on through the chain in the next run, the bad one does not
+    for case_id in good:
+        assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+    report = dg.materialize([metrics_report], instance=instance, resources=resources)
+    report_meta = meta(report.get_asset_materialization_events()[0].event_specific_data.materialization)
+    assert (report_meta["scored"], report_meta["failed"], report_meta["never_run"]) == (2, 1, 146)
+    summary = (tmp_path / "data" / "report" / "summary.md").read_text()
+    assert bad in summary and "adc shape (48, 48, 14)" in summary
+    csv_ids = [line.split(",")[0] for line in (tmp_path / "data" / "report" / "metrics.csv").read_text().splitlines()[1:]]
+    assert csv_ids == good
+    assert (tmp_path / "data" / "report" / "dice_per_case.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_backfill_schedule_batches_missing_cases_and_retries_failed_ones_alone(repo_with_a_bad_case, tmp_path, instance):
+    resources = resources_for(repo_with_a_bad_case.url, tmp_path / "data")
+    tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
+    dg.materialize(CASE_CHAIN, instance=instance, resources=resources, tags=tags, raise_on_error=False)
+    assert dg.materialize(CASE_CHAIN, partition_key=CASE_IDS[0], instance=instance, resources=resources).success
+
+    plan = plan_backfill(instance, resources["case_store"].store())
+    assert plan.retries == [CASE_IDS[1]]
+    # case 0 is done; case 2 has inputs but no metrics yet; 3..148 never ran: ranges of 8 consecutive ids
+    assert plan.batches[0] == list(CASE_IDS[2:10])
+    assert sum(map(len, plan.batches)) == 147 and all(len(b) <= 8 for b in plan.batches)
+    tick = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
+    context_args = dict(
+        instance=instance, scheduled_execution_time=tick, resources={"case_store": resources["case_store"]}, repository_def=defs.get_repository_def()
+    )
+    with dg.build_schedule_context(**context_args) as context:
+        requests = case_backfill_schedule.evaluate_tick(context).run_requests
+    with dg.build_schedule_context(**context_args) as context:
+        again = case_backfill_schedule.evaluate_tick(context).run_requests
+    assert [r.run_key for r in requests] == [r.run_key for r in again]
+    assert len(requests) == len(plan.batches) + 1 == 20
+    first = requests[0]
+    assert first.run_key == f"backfill:2026-11-27T02:00:{CASE_IDS[2]}..{CASE_IDS[9]}"
+    assert (first.tags[RANGE_TAGS[0]], first.tags[RANGE_TAGS[1]]) == (CASE_IDS[2], CASE_IDS[9])
+    retry = requests[-1]
+    assert retry.partition_key == CASE_IDS[1] and retry.tags["isles/reason"] == "retry-after-failure"
+
+
+def test_the_hub_token_never_reaches_metadata_logs_or_files(hub, tmp_path, instance, monkeypatch):
+    secret = "hf_SECRETtoken0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    result = dg.materialize(CASE_CHAIN, partition_key=CASE_IDS[1], instance=instance, resources=resources_for(hub.url, tmp_path))
+    assert result.success
+    logs = instance.all_logs(result.run_id)
+    assert secret not in "".join(repr(e) for e in logs)
+    assert all(secret.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    run = instance.get_run_by_id(result.run_id)
+    assert secret not in json.dumps(run.run_config, default=str) and secret not in json.dumps(run.tags)
