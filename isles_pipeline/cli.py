@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+    except (ValueError, KeyError, OSError, RuntimeError) as exc:
         print(f"isles-pipeline {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

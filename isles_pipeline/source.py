@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+import httpx2
 import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import HfApi, HfFileSystem
@@ -206,16 +207,20 @@ class ShardReader:
     def commit(self) -> str:
         """The commit sha the configured revision points at (resolved once per reader)."""
         if self._commit is None:
-            api = HfApi(endpoint=self.source.resolved_endpoint)
-            info = call_with_retries(
-                lambda: api.repo_info(self.source.repo_id, repo_type="dataset", revision=self.source.revision),
-                what=f"repo info of {self.source.repo_id}@{self.source.revision}",
-            )
+            api, where = HfApi(endpoint=self.source.resolved_endpoint), self.source.resolved_endpoint
+            try:
+                info = call_with_retries(
+                    lambda: api.repo_info(self.source.repo_id, repo_type="dataset", revision=self.source.revision),
+                    what=f"repo info of {self.source.repo_id}@{self.source.revision}",
+                )
+            except httpx2.TransportError as exc:
+                raise ConnectionError(f"cannot reach the Hub at {where} ({type(exc).__name__}: {exc}); check HF_ENDPOINT") from exc
             self._commit = info.sha or self.source.revision
         return self._commit
 
     def _fs_path(self, case_id: str) -> str:
-        return f"datasets/{self.source.repo_id}@{self.commit()}/{shard_path(case_id)}"
+        path = shard_path(case_id)  # an unknown case id fails here, before any request
+        return f"datasets/{self.source.repo_id}@{self.commit()}/{path}"
 
     def identify(self, case_id: str) -> ShardIdentity:
         """Size and content id of the case's shard, from the repo listing (no shard bytes read)."""
