@@ -28,11 +28,8 @@ class ShardSourceResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> ShardSourceResource:
-        return cls(
-            repo_id=os.environ.get("ISLES_HF_REPO", DEFAULT_REPO_ID),
-            revision=os.environ.get("ISLES_HF_REVISION", "main"),
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-        )
+        source = ShardSource.from_env()
+        return cls(repo_id=source.repo_id, revision=source.revision, endpoint=source.endpoint)
 
     def reader(self) -> ShardReader:
         return ShardReader(ShardSource(self.repo_id, self.revision, self.endpoint))
