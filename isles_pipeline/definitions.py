@@ -14,12 +14,13 @@ from .defs.report import metrics_report  # noqa: E402
 from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource  # noqa: E402
 from .defs.schedules import case_backfill_schedule, report_after_failure, report_after_success  # noqa: E402
 from .defs.scoring import inputs_on_one_grid, metrics_in_range  # noqa: E402
+from .defs.training import segmenter_checkpoint, train_segmenter_job  # noqa: E402
 from .defs.upstream import UPSTREAM_ASSETS, UPSTREAM_JOBS, UPSTREAM_RESOURCES, UPSTREAM_SENSORS  # noqa: E402
 
 defs = dg.Definitions(
-    assets=[*CASE_CHAIN, metrics_report, *UPSTREAM_ASSETS],
+    assets=[*CASE_CHAIN, metrics_report, segmenter_checkpoint, *UPSTREAM_ASSETS],
     asset_checks=[inputs_on_one_grid, metrics_in_range],
-    jobs=[case_chain_job, report_job, *UPSTREAM_JOBS],
+    jobs=[case_chain_job, report_job, train_segmenter_job, *UPSTREAM_JOBS],
     schedules=[case_backfill_schedule],
     sensors=[*UPSTREAM_SENSORS, report_after_success, report_after_failure],
     resources={

@@ -98,10 +98,14 @@ def as_float32(image: nib.Nifti1Image) -> np.ndarray:
     return np.asarray(image.dataobj, dtype=np.float32)
 
 
-def as_mask(image: nib.Nifti1Image) -> np.ndarray:
+def as_mask(image: nib.Nifti1Image, slab: int = 8) -> np.ndarray:
     """A binary mask with the header scaling applied (a uint16 {0, 65535} mask with slope 1/65535
-    is {0, 1}), then thresholded at 0.5."""
-    return np.asarray(image.dataobj, dtype=np.float32) > 0.5
+    is {0, 1}), then thresholded at 0.5; scaled a few slices at a time, so that no float copy of
+    the whole volume is ever made."""
+    mask = np.empty(image.shape, dtype=bool)
+    for z in range(0, image.shape[-1] if image.ndim else 1, slab):
+        mask[..., z : z + slab] = np.asarray(image.dataobj[..., z : z + slab], dtype=np.float32) > 0.5
+    return mask
 
 
 def check_same_grid(images: dict[str, nib.Nifti1Image], atol: float = AFFINE_ATOL_MM) -> Grid:

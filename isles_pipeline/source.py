@@ -153,6 +153,11 @@ class _PlannedRanges(io.RawIOBase):
 
     def _slice(self, start: int, end: int) -> bytes:
         """Bytes [start, end) from the fetched chunks, fetching what no chunk holds."""
+        for chunk_start, data in self._chunks:
+            if chunk_start <= start and end <= chunk_start + len(data):
+                if (start, end) == (chunk_start, chunk_start + len(data)):
+                    return data
+                return memoryview(data)[start - chunk_start : end - chunk_start]  # no copy
         pieces, pos = [], start
         for chunk_start, data in sorted(self._chunks, key=lambda chunk: chunk[0]):
             if chunk_start <= pos < chunk_start + len(data):
@@ -243,6 +248,7 @@ class ShardReader:
         transfer.seconds = time.perf_counter() - started
         files, names = _image_bytes(case_id, table)
         del table
+        pa.default_memory_pool().release_unused()  # pyarrow's pool keeps freed decode buffers otherwise
         grid, mask = _validate_images(case_id, files)
         return CaseShard(identity, files, names, grid, mask, transfer)
 

@@ -15,6 +15,17 @@ REPLICA_CASES = list(CASE_IDS[:3])
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Two cores shared with servers and child processes: torch with 2 threads is 10-20x slower here."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def hub_client_env(tmp_path_factory):
     """No token, no telemetry, no Xet, a private HF_HOME: the client talks only to our servers."""
     saved = dict(os.environ)

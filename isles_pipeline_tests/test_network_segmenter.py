@@ -1,0 +1,305 @@
+"""The network segmenter: checkpoint files, the NVAUTO inference path and the ensemble.
+
+Networks here are ORACLES: tiny TorchScript modules whose logits are a known function of the
+z-scored [ADC, DWI] channels, so the mask the whole path (resample -> z-score -> sliding window
+-> average -> resample back -> argmax) must produce can be computed directly on the input grid.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.networks.nets import SegResNet
+
+from isles_pipeline.segment.base import Segmenter
+from isles_pipeline.segment.checkpoints import (
+    CheckpointError,
+    load_checkpoint,
+    parse_hub_spec,
+    resolve_checkpoint_files,
+    state_dict_checkpoint_bytes,
+    torchscript_bytes,
+)
+from isles_pipeline.segment.network import NetworkSegmenter
+from isles_pipeline.segment.resample import zscore_nonzero as zscore_tensor
+
+CPU = torch.device("cpu")
+HAVE_HUB_SERVER = importlib.util.find_spec("isles_pipeline.hub.server") is not None
+
+
+class OracleNet(torch.nn.Module):
+    """Lesion logit ``a*(dwi_z - t_dwi) - b*(adc_z - t_adc)``; background logit 0."""
+
+    def __init__(self, a: float = 2.0, t_dwi: float = 1.0, b: float = 1.0, t_adc: float = -0.5):
+        super().__init__()
+        self.a, self.t_dwi, self.b, self.t_adc = a, t_dwi, b, t_adc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        adc, dwi = x[:, 0:1], x[:, 1:2]
+        lesion = self.a * (dwi - self.t_dwi) - self.b * (adc - self.t_adc)
+        return torch.cat([torch.zeros_like(lesion), lesion], dim=1)
+
+
+class ConstantNet(torch.nn.Module):
+    """The same lesion logit everywhere."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit = logit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lesion = torch.full_like(x[:, :1], self.logit)
+        return torch.cat([torch.zeros_like(lesion), lesion], dim=1)
+
+
+class OutOfMemoryWithBigBatches(torch.nn.Module):
+    """Raises CUDA's out-of-memory error for sliding-window batches of more than one patch."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return OracleNet()(x)
+
+
+def save_script(module: torch.nn.Module, path: Path) -> Path:
+    path.write_bytes(torchscript_bytes(torch.jit.script(module)))
+    return path
+
+
+def zscore_nonzero(volume: np.ndarray) -> np.ndarray:
+    inside = volume != 0
+    out = np.zeros_like(volume)
+    values = volume[inside]
+    out[inside] = (values - values.mean()) / values.std()
+    return out
+
+
+def oracle_mask(dwi: np.ndarray, adc: np.ndarray, net: OracleNet) -> np.ndarray:
+    dwi_z, adc_z = zscore_nonzero(dwi), zscore_nonzero(adc)
+    return net.a * (dwi_z - net.t_dwi) - net.b * (adc_z - net.t_adc) > 0
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def oblique_affine(spacing: tuple[float, float, float], degrees: float = 25.0) -> np.ndarray:
+    """Voxel -> mm with the given voxel sizes, rotated about two axes (an oblique acquisition)."""
+    t = np.deg2rad(degrees)
+    rz = np.array([[np.cos(t), -np.sin(t), 0], [np.sin(t), np.cos(t), 0], [0, 0, 1]])
+    rx = np.array([[1, 0, 0], [0, np.cos(t / 2), -np.sin(t / 2)], [0, np.sin(t / 2), np.cos(t / 2)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ rx @ np.diag(spacing)
+    affine[:3, 3] = (-20.0, 10.0, 5.0)
+    return affine
+
+
+def blob_case(shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth tissue filling the field of view with two Gaussian lesions, DWI-bright and ADC-dark,
+    defined in millimetres so that the blobs are round whatever the voxel grid.
+
+    No hard brain edge: partial-volume voxels at an edge would shift the non-zero z-score
+    statistics between grids, which is not what these tests are about."""
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
+    mm = idx @ affine[:3, :3].T + affine[:3, 3]
+    centre_mm = affine[:3, :3] @ (np.asarray(shape, dtype=np.float64) / 2 - 0.5) + affine[:3, 3]
+    lesions = sum(
+        np.exp(-(((mm - (centre_mm + offset)) ** 2).sum(-1)) / (2 * sigma**2))
+        for offset, sigma in (((4.0, 3.0, 0.0), 5.0), ((-7.0, -5.0, 2.0), 3.5))
+    )
+    texture = 0.1 * np.sin(mm[..., 0] / 7.0) * np.cos(mm[..., 1] / 9.0)
+    dwi = 1.0 + texture + 1.5 * lesions
+    adc = 1.0 - texture - 0.6 * lesions
+    return dwi.astype(np.float32), adc.astype(np.float32)
+
+
+def test_torchscript_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = SegResNet(spatial_dims=3, in_channels=2, out_channels=2, init_filters=4, norm=("GROUP", {"num_groups": 4}))
+    net.eval()
+    path = save_script(net, tmp_path / "model.ts")
+    loaded = load_checkpoint(path, CPU)
+    x = torch.randn(1, 2, 16, 16, 8)
+    with torch.no_grad():
+        assert loaded.kind == "torchscript"
+        assert torch.equal(loaded.module(x), net(x))
+
+
+def test_state_dict_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    kwargs = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2, "init_filters": 4, "norm": ("GROUP", {"num_groups": 4})}
+    net = SegResNet(**kwargs).eval()
+    path = tmp_path / "fold0.pt"
+    path.write_bytes(state_dict_checkpoint_bytes("SegResNet", kwargs, net.state_dict()))
+    loaded = load_checkpoint(path, CPU)
+    x = torch.randn(1, 2, 16, 16, 8)
+    with torch.no_grad():
+        assert loaded.kind == "state_dict"
+        assert torch.equal(loaded.module(x), net(x))
+
+
+def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
+    bare = tmp_path / "bare.pt"
+    torch.save({"weight": torch.zeros(1)}, bare)
+    with pytest.raises(CheckpointError, match="'arch', 'kwargs' and 'state_dict'"):
+        load_checkpoint(bare, CPU)
+    with pytest.raises(CheckpointError, match="unknown architecture"):
+        state_dict_checkpoint_bytes("os.system", {}, {})
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no"):
+        resolve_checkpoint_files(tmp_path / "empty")
+    with pytest.raises(CheckpointError, match="not a Hub repo id"):
+        resolve_checkpoint_files(str(tmp_path / "missing" / "model.ts"))
+    with pytest.raises(CheckpointError, match="no such file or folder"):
+        resolve_checkpoint_files("models/model.ts")  # a relative path, not the repo "models/model.ts"
+
+
+def test_hub_specs_parse_revision_and_patterns() -> None:
+    spec = parse_hub_spec("hf://org/nvauto@v1.2:fold*.ts,extra.pt")
+    assert (spec.repo_id, spec.revision, spec.patterns) == ("org/nvauto", "v1.2", ("fold*.ts", "extra.pt"))
+    assert parse_hub_spec("org/model") == parse_hub_spec("hf://org/model")
+    assert parse_hub_spec("org/model").revision is None and parse_hub_spec("org/model").patterns == ()
+    assert parse_hub_spec("/abs/path/model.ts") is None
+
+
+def test_zscore_uses_nonzero_voxels_per_channel_and_keeps_zeros() -> None:
+    rng = np.random.default_rng(0)
+    volume = rng.normal(5.0, 2.0, size=(2, 8, 8, 4)).astype(np.float32)
+    volume[:, :3] = 0.0  # background
+    volume[1] *= 10  # channels are normalised independently
+
+    out = zscore_tensor(torch.from_numpy(volume)[None])[0].numpy()
+
+    assert np.allclose(out[0], zscore_nonzero(volume[0]), atol=1e-5)
+    assert np.allclose(out[1], zscore_nonzero(volume[1]), atol=1e-5)
+    assert (out[:, :3] == 0).all() and abs(out[1, 3:].mean()) < 1e-5
+
+
+def test_oracle_through_resampling_and_sliding_window_matches_direct_mask(tmp_path: Path) -> None:
+    """Anisotropic 0.45 x 0.45 x 2 mm oblique grid: resampled to 1 mm, tiled into several windows,
+    resampled back; the mask must match the oracle applied directly on the input grid."""
+    affine = oblique_affine((0.45, 0.45, 2.0))
+    dwi, adc = blob_case((100, 100, 24), affine)
+    net = OracleNet()
+    expected = oracle_mask(dwi, adc, net)
+    segmenter = NetworkSegmenter(save_script(net, tmp_path / "oracle.ts"), device="cpu", roi_size=(24, 24, 24))
+
+    mask = segmenter.segment(dwi, adc, affine)
+
+    assert isinstance(segmenter, Segmenter)
+    assert mask.dtype == bool and mask.shape == dwi.shape
+    assert expected.sum() > 2000  # the lesions are real, not a few voxels
+    assert dice(mask, expected) >= 0.95
+    info = segmenter.last_info
+    assert info["resampled_shape"] == (45, 45, 48)  # 100*0.45, 100*0.45, 24*2 voxels of 1 mm
+    assert info["roi_size"] == (24, 24, 24) and info["fallbacks"] == [] and info["device"] == "cpu"
+
+
+def test_ensemble_averages_softmax_not_logits(tmp_path: Path) -> None:
+    """Lesion logits -10, 2, 2: mean probability (0 + 0.88 + 0.88) / 3 = 0.59 is lesion everywhere,
+    while two of the three models alone, and the mean logit (-2), say background."""
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    dwi, adc = blob_case((20, 20, 12), affine)
+    paths = [save_script(ConstantNet(v), tmp_path / f"m{i}.ts") for i, v in enumerate((-10.0, 2.0, 2.0))]
+    assert not NetworkSegmenter(paths[0], device="cpu").segment(dwi, adc, affine).any()
+    # One string as in ISLES_CHECKPOINT; the default ROI 192x192x128 shrinks to the volume
+    # rounded up to a multiple of 16.
+    segmenter = NetworkSegmenter.from_spec(";".join(str(p) for p in paths), device="cpu")
+
+    mask = segmenter.segment(dwi, adc, affine)
+
+    assert mask.all()
+    assert segmenter.last_info["models"] == 3 and segmenter.last_info["roi_size"] == (32, 32, 16)
+
+
+def test_ensemble_of_two_oracles_takes_the_averaged_decision(tmp_path: Path) -> None:
+    """One model looks at DWI only, one at ADC only; the ensemble decides where their mean lesion
+    probability exceeds 1/2, which is neither model's own mask."""
+    affine = np.eye(4)
+    dwi, adc = blob_case((40, 40, 24), affine)
+    dwi_only, adc_only = OracleNet(a=3.0, t_dwi=1.0, b=0.0), OracleNet(a=0.0, b=3.0, t_adc=-1.0)
+    folder = tmp_path / "ensemble"
+    folder.mkdir()
+    save_script(dwi_only, folder / "a.ts")
+    save_script(adc_only, folder / "b.ts")
+
+    mask = NetworkSegmenter(folder, device="cpu", roi_size=(16, 16, 16)).segment(dwi, adc, affine)
+
+    dwi_z, adc_z = zscore_nonzero(dwi), zscore_nonzero(adc)
+    p_dwi = 1 / (1 + np.exp(-3.0 * (dwi_z - 1.0)))
+    p_adc = 1 / (1 + np.exp(3.0 * (adc_z + 1.0)))
+    expected = (p_dwi + p_adc) / 2 > 0.5
+    alone_dwi, alone_adc = p_dwi > 0.5, p_adc > 0.5
+    assert (expected != alone_dwi).sum() > 50 and (expected != alone_adc).sum() > 50
+    assert (mask != expected).sum() <= 0.001 * mask.size  # only float ties at the boundary
+
+
+def test_out_of_memory_retries_with_batch_one_and_records_it() -> None:
+    affine = np.eye(4)
+    dwi, adc = blob_case((32, 32, 16), affine)
+    segmenter = NetworkSegmenter([OutOfMemoryWithBigBatches()], device="cpu", roi_size=(16, 16, 16), sw_batch_size=4)
+
+    mask = segmenter.segment(dwi, adc, affine)
+
+    assert np.array_equal(mask, oracle_mask(dwi, adc, OracleNet()))
+    assert segmenter.last_info["sw_batch_size"] == 1
+    assert segmenter.last_info["fallbacks"] == ["out of memory on cpu with sw_batch_size=4"]
+
+
+class AlwaysOutOfMemory(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise torch.OutOfMemoryError("simulated")
+
+
+def test_out_of_memory_in_every_attempt_raises_with_the_attempts_listed() -> None:
+    dwi, adc = blob_case((16, 16, 8), np.eye(4))
+    segmenter = NetworkSegmenter([AlwaysOutOfMemory()], device="cpu", sw_batch_size=2)
+    with pytest.raises(torch.OutOfMemoryError, match="sw_batch_size=2; out of memory on cpu with sw_batch_size=1"):
+        segmenter.segment(dwi, adc, np.eye(4))
+
+
+def test_cuda_falls_back_to_batch_one_then_to_the_cpu() -> None:
+    segmenter = NetworkSegmenter([OracleNet()], device="cpu", sw_batch_size=2)
+    segmenter.device = torch.device("cuda")  # the plan only; this machine may have no GPU
+    assert segmenter._attempts() == [(torch.device("cuda"), 2), (torch.device("cuda"), 1), (CPU, 1)]
+
+
+def test_models_are_loaded_once_per_segmenter(tmp_path: Path) -> None:
+    path = save_script(OracleNet(), tmp_path / "oracle.ts")
+    segmenter = NetworkSegmenter(path, device="cpu")
+    dwi, adc = blob_case((16, 16, 8), np.eye(4))
+    segmenter.segment(dwi, adc, np.eye(4))
+    first = segmenter.load()[0].module
+    segmenter.segment(dwi, adc, np.eye(4))
+    assert segmenter.load()[0].module is first
+
+
+@pytest.mark.skipif(not HAVE_HUB_SERVER, reason="isles_pipeline/hub/server.py is not written yet")
+def test_checkpoints_download_from_a_local_hub_model_repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isles_pipeline.hub.server import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_script(OracleNet(), repo / "fold0.ts")
+    save_script(ConstantNet(-5.0), repo / "fold1.ts")
+    (repo / "README.md").write_text("tiny oracle models\n")
+    affine = np.eye(4)
+    dwi, adc = blob_case((24, 24, 12), affine)
+
+    with HubServer("127.0.0.1") as server:
+        server.add_repo("model", "lab/oracle", repo)
+        all_files = resolve_checkpoint_files("lab/oracle", endpoint=server.url)
+        one = NetworkSegmenter("hf://lab/oracle:fold0.ts", device="cpu", endpoint=server.url)
+        mask = one.segment(dwi, adc, affine)
+
+    assert sorted(p.name for p in all_files) == ["fold0.ts", "fold1.ts"]
+    assert [Path(m.source).name for m in one.load()] == ["fold0.ts"]
+    assert np.array_equal(mask, oracle_mask(dwi, adc, OracleNet()))

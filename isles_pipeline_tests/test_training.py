@@ -1,0 +1,193 @@
+"""Training: a few steps on tiny synthetic cases must lower the loss and give a checkpoint that
+the network segmenter loads and that segments unseen cases far better than trivial masks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from isles_pipeline.nifti import encode
+from isles_pipeline.segment.network import NetworkSegmenter
+from isles_pipeline.store import CaseStore
+from isles_pipeline.train import TrainConfig, TrainingCase, save_loss_plot, train_segmenter
+from isles_pipeline.train.training import prepare_case, sample_patch
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SPACING = (1.5, 1.5, 3.0)
+CONFIG = TrainConfig(
+    epochs=20,
+    steps_per_epoch=6,
+    batch_size=4,
+    patch_size=(16, 16, 16),
+    init_filters=8,
+    target_spacing=(2.0, 2.0, 2.0),
+    learning_rate=1e-2,
+    seed=0,
+    device="cpu",
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Train single-threaded: on a shared 2-core machine, two OpenMP threads competing with other
+    processes ran these few steps 10-20x slower; results then depend on this thread count only."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def blob_case(case_id: str, seed: int, shape: tuple[int, int, int] = (32, 32, 16)) -> TrainingCase:
+    """Noisy tissue with one or two round lesions (DWI bright, ADC dark) at random places."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*SPACING, 1.0])
+    mm = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, SPACING, strict=True)], indexing="ij"), axis=-1)
+    fov = np.asarray(shape) * np.asarray(SPACING)
+    lesion = np.zeros(shape)
+    for _ in range(int(rng.integers(1, 3))):
+        centre = rng.uniform(0.25, 0.75, size=3) * fov
+        radius = rng.uniform(6.0, 10.0)
+        lesion = np.maximum(lesion, np.exp(-((mm - centre) ** 2).sum(-1) / (2 * (radius / 1.5) ** 2)))
+    mask = lesion > 0.5
+    dwi = 1.0 + 1.2 * lesion + rng.normal(0, 0.12, shape)
+    adc = 0.8 - 0.4 * lesion + rng.normal(0, 0.08, shape)
+    return TrainingCase(case_id, dwi.astype(np.float32), adc.astype(np.float32), mask, affine)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * float((a & b).sum()) / max(1.0, float(a.sum() + b.sum()))
+
+
+@pytest.fixture(scope="module")
+def trained():
+    cases = [blob_case(f"train-{i}", seed=i) for i in range(6)]
+    held_out = [blob_case(f"held-{i}", seed=100 + i) for i in range(2)]
+    return train_segmenter(cases, held_out, CONFIG), held_out
+
+
+def test_loss_goes_down(trained) -> None:
+    result, _ = trained
+    assert len(result.losses) == CONFIG.epochs == result.epochs
+    assert all(np.isfinite(result.losses))
+    assert np.mean(result.losses[-2:]) < 0.7 * np.mean(result.losses[:2])
+
+
+def test_checkpoint_segments_held_out_cases_better_than_trivial_masks(trained, tmp_path: Path) -> None:
+    result, held_out = trained
+    path = tmp_path / "model.ts"
+    path.write_bytes(result.checkpoint_bytes())
+    segmenter = NetworkSegmenter(path, device="cpu", target_spacing=CONFIG.target_spacing, roi_size=CONFIG.patch_size)
+    rng = np.random.default_rng(0)
+    for case in held_out:
+        prediction = segmenter.segment(case.dwi, case.adc, case.affine)
+        # All-zeros scores 0; a random mask with the true lesion fraction scores about that fraction.
+        random_mask = rng.random(case.mask.shape) < case.mask.mean()
+        assert dice(prediction, case.mask) > 0.4 > 3 * dice(random_mask, case.mask)
+        # The file on disk is the module whose Dice training reported (up to sliding-window overlap).
+        assert dice(prediction, case.mask) == pytest.approx(result.held_out_dice[case.case_id], abs=0.05)
+    assert result.mean_held_out_dice == pytest.approx(np.mean(list(result.held_out_dice.values())))
+
+
+def test_training_is_deterministic_for_a_seed() -> None:
+    cases = [blob_case("a", seed=1), blob_case("b", seed=2)]
+    short = TrainConfig(**{**CONFIG.__dict__, "epochs": 2, "steps_per_epoch": 2})
+    first, second = train_segmenter(cases, [], short), train_segmenter(cases, [], short)
+    assert first.losses == second.losses
+    assert np.isnan(first.mean_held_out_dice)
+
+
+def test_positive_patches_contain_lesion_and_stay_inside_the_volume() -> None:
+    case = prepare_case(blob_case("p", seed=3), CONFIG, torch.device("cpu"))
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        image, label = sample_patch(case, CONFIG.patch_size, positive=True, rng=rng)
+        assert image.shape == (2, 16, 16, 16) and label.shape == (1, 16, 16, 16)
+        assert label.sum() > 0
+
+
+def test_small_volumes_are_padded_to_one_patch() -> None:
+    case = prepare_case(blob_case("s", seed=4, shape=(8, 8, 4)), CONFIG, torch.device("cpu"))
+    assert tuple(case.image.shape) == (2, 16, 16, 16)
+
+
+def test_invalid_configs_are_refused() -> None:
+    with pytest.raises(ValueError, match="multiples of 8"):
+        TrainConfig(patch_size=(20, 16, 16))
+    with pytest.raises(ValueError, match="arch"):
+        TrainConfig(arch="ResNet")
+
+
+def test_dynunet_trains_and_exports() -> None:
+    config = TrainConfig(**{**CONFIG.__dict__, "arch": "DynUNet", "epochs": 1, "steps_per_epoch": 1})
+    result = train_segmenter([blob_case("d", seed=5)], [], config)
+    with torch.no_grad():
+        assert result.module(torch.zeros(1, 2, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+
+def test_loss_plot_is_a_png() -> None:
+    png = save_loss_plot([1.0, 0.7, 0.5])
+    assert png.startswith(PNG_MAGIC) and len(png) > 1000
+
+
+def write_case_inputs(store: CaseStore, case: TrainingCase) -> None:
+    """What the lead's ``case_inputs`` asset leaves in the store for one case."""
+    for name, data in (("dwi", case.dwi), ("adc", case.adc), ("lesion_mask", case.mask.astype(np.uint8))):
+        store.write_bytes(store.case_path(case.case_id, f"{name}.nii.gz"), encode(nib.Nifti1Image(data, case.affine)))
+
+
+def test_segmenter_checkpoint_asset_trains_writes_and_reports(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from isles_pipeline.defs.resources import CaseStoreResource
+    from isles_pipeline.defs.training import segmenter_checkpoint
+
+    store = CaseStore(tmp_path / "data")
+    cases = {f"sub-{i}": blob_case(f"sub-{i}", seed=i) for i in range(3)}
+    for case in cases.values():
+        write_case_inputs(store, case)
+    config = {"train_case_ids": ["sub-0", "sub-1"], "held_out_case_ids": ["sub-2"], "epochs": 2, "steps_per_epoch": 2,
+              "batch_size": 2, "patch_size": [16, 16, 16], "init_filters": 8, "target_spacing": [2.0, 2.0, 2.0], "device": "cpu"}
+
+    result = dg.materialize(
+        [segmenter_checkpoint],
+        resources={"case_store": CaseStoreResource(data_dir=str(store.root))},
+        run_config={"ops": {"segmenter_checkpoint": {"config": config}}},
+    )
+
+    assert result.success
+    metadata = result.asset_materializations_for_node("segmenter_checkpoint")[0].metadata
+    checkpoint = store.path("models", "segmenter_checkpoint", "model.ts")
+    assert metadata["checkpoint_path"].value == str(checkpoint)
+    assert metadata["checkpoint_sha256"].value == store.sha256(checkpoint)
+    assert metadata["epochs"].value == 2 and metadata["train_case_ids"].value == ["sub-0", "sub-1"]
+    assert set(metadata["held_out_dice"].value) == {"sub-2"}
+    assert metadata["held_out_dice_mean"].value == pytest.approx(metadata["held_out_dice"].value["sub-2"])
+    assert "data:image/png;base64," in metadata["loss_curve"].value
+    assert store.path("models", "segmenter_checkpoint", "loss.png").read_bytes().startswith(PNG_MAGIC)
+    assert list(store.leftovers()) == []
+    # The checkpoint is directly usable by the network segmenter.
+    held = cases["sub-2"]
+    segmenter = NetworkSegmenter(str(checkpoint), device="cpu", target_spacing=(2.0, 2.0, 2.0), roi_size=(16, 16, 16))
+    assert segmenter.segment(held.dwi, held.adc, held.affine).shape == held.mask.shape
+
+
+def test_segmenter_checkpoint_asset_fails_clearly_without_case_inputs(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from isles_pipeline.defs.resources import CaseStoreResource
+    from isles_pipeline.defs.training import segmenter_checkpoint
+
+    result = dg.materialize(
+        [segmenter_checkpoint],
+        resources={"case_store": CaseStoreResource(data_dir=str(tmp_path))},
+        run_config={"ops": {"segmenter_checkpoint": {"config": {"train_case_ids": ["sub-9"], "device": "cpu"}}}},
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    failure = result.failure_data_for_node("segmenter_checkpoint").error.message
+    assert "materialise case_inputs for sub-9" in failure
