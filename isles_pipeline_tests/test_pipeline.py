@@ -171,3 +171,19 @@ def test_the_hub_token_never_reaches_metadata_logs_or_files(hub, tmp_path, insta
     assert all(secret.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     run = instance.get_run_by_id(result.run_id)
     assert secret not in json.dumps(run.run_config, default=str) and secret not in json.dumps(run.tags)
+
+
+def test_a_good_batch_records_one_materialisation_per_case_with_its_own_metadata(hub, replica_dir, tmp_path, instance):
+    # the filesystem IO manager is what `dagster dev` runs with: a batch must not hand it an output
+    resources = {**resources_for(hub.url, tmp_path / "data"), "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
+    tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
+    result = dg.materialize([*CASE_CHAIN, *CHECKS], instance=instance, resources=resources, tags=tags)
+    assert result.success
+    for case_id in CASE_IDS[:3]:
+        inputs = meta(materializations(instance, "case_inputs", case_id)[0])
+        cell = pq.read_table(replica_dir / shard_path(case_id), columns=["lesion_mask"]).column(0)[0].as_py()["bytes"]
+        assert inputs["sha256_lesion_mask"] == hashlib.sha256(cell).hexdigest()
+        scored = meta(materializations(instance, "case_metrics", case_id)[0])
+        on_disk = json.loads((tmp_path / "data" / "cases" / case_id / "metrics.json").read_text())
+        assert scored["dice"] == on_disk["dice"]
+    assert not (tmp_path / "io").exists() or not any((tmp_path / "io").rglob("*"))

@@ -39,9 +39,7 @@ def describe(case_id: str, exc: BaseException) -> str:
     return text if case_id in text else f"case {case_id}: {type(exc).__name__}: {text}"
 
 
-def run_cases(
-    context: dg.AssetExecutionContext, store: CaseStore, work: Callable[[str], CaseOutcome]
-) -> dg.MaterializeResult | None:
+def run_cases(context: dg.AssetExecutionContext, store: CaseStore, work: Callable[[str], CaseOutcome]) -> dg.MaterializeResult:
     """Apply ``work`` to every case of the run and report the results the Dagster way.
 
     A case's failure is also noted in the store (``failures.py``) so that the report can say why.
@@ -86,9 +84,11 @@ def _run_batch(context: dg.AssetExecutionContext, keys: list[str], work: Callabl
             failures[case_id] = describe(case_id, exc)
             context.log.error(failures[case_id])
     if not failures:
+        # One materialisation per case, each with its own metadata; an empty result (not None,
+        # which would go to an IO manager) records them.
         for case_id, outcome in succeeded.items():
             context.add_asset_metadata(dict(outcome.metadata), partition_key=case_id)
-        return None
+        return dg.MaterializeResult()
     for case_id, outcome in succeeded.items():
         context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=case_id, metadata=dict(outcome.metadata)))
     raise dg.Failure(

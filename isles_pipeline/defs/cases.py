@@ -1,8 +1,6 @@
 """``case_inputs``: one case's DWI, ADC and lesion mask, fetched from its shard into the store."""
 
 
-from typing import Optional
-
 import dagster as dg
 
 from ..inputs import FetchResult, fetch_case
@@ -45,7 +43,7 @@ def fetch_metadata(result: FetchResult) -> dict:
 )
 def case_inputs(
     context: dg.AssetExecutionContext, shard_source: ShardSourceResource, case_store: CaseStoreResource
-) -> Optional[dg.MaterializeResult]:
+) -> dg.MaterializeResult:
     reader, store = shard_source.reader(), case_store.store()
 
     def fetch(case_id: str) -> CaseOutcome:

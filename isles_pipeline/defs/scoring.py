@@ -2,8 +2,6 @@
 
 import json
 import math
-from typing import Optional
-
 import dagster as dg
 
 from .. import nifti
@@ -37,7 +35,7 @@ METRIC_RANGES = {
     description="Dice, absolute volume difference (ml), lesion count difference, lesion-wise F1 "
     "(ISLES'22 and ISLES'24 rules), true and predicted volume: the prediction against the expert mask.",
 )
-def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResource) -> Optional[dg.MaterializeResult]:
+def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResource) -> dg.MaterializeResult:
     store = case_store.store()
 
     def score(case_id: str) -> CaseOutcome:

@@ -5,8 +5,6 @@ segmenter resource builds the model once per run, however many cases the run car
 """
 
 import json
-from typing import Optional
-
 import dagster as dg
 
 from .. import nifti
@@ -33,7 +31,7 @@ PREDICTION_INFO_FILE = "prediction.json"
 )
 def case_prediction(
     context: dg.AssetExecutionContext, case_store: CaseStoreResource, segmenter: SegmenterResource
-) -> Optional[dg.MaterializeResult]:
+) -> dg.MaterializeResult:
     store, model = case_store.store(), segmenter.get()
 
     def segment(case_id: str) -> CaseOutcome:

@@ -1,0 +1,477 @@
+"""The whole stack, for end-to-end tests and scripts: a replica behind the local Hub server, a
+fresh DAGSTER_HOME with the project's instance config, and ``dagster dev`` (webserver + daemon +
+code server) on a free loopback port, with a small GraphQL client and a clean stop.
+
+``dagster dev`` runs in its own process group (``start_new_session=True``): its children (the
+webserver, the daemon, the code server, every run worker) share that group, so the stop signals
+the whole group (SIGINT, then SIGKILL) and then checks that no process of the group is left.
+
+Usage::
+
+    with dagster_dev_stack(tmp_path / "stack", replica_dir) as stack:
+        backfill_id = stack.client.launch_asset_backfill(CHAIN, case_ids)
+        stack.client.wait_for_backfill(backfill_id)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from isles_pipeline.catalogue import DEFAULT_REPO_ID
+from isles_pipeline.demo import QUIET_HUB_ENV, prepare_dagster_home
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHAIN_ASSETS = ("case_inputs", "case_prediction", "case_metrics")
+# Variables of the parent that must not leak into the stack: tokens, where things are, and (by
+# prefix) every setting of the pipeline (ISLES_SEGMENTER, ISLES_DEVICE, ISLES_BACKFILL_CRON ...).
+SCRUBBED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "HF_ENDPOINT", "HF_HOME", "DAGSTER_HOME")
+SCRUBBED_PREFIX = "ISLES_"
+BACKFILL_DONE = {"COMPLETED", "COMPLETED_SUCCESS"}
+BACKFILL_FAILED = {"FAILED", "COMPLETED_FAILED", "CANCELED"}
+
+
+class StackError(RuntimeError):
+    """The stack did not start, a GraphQL call failed, or a backfill did not succeed."""
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Pids of the processes of group ``pgid`` that are still running (zombies are dead: skipped)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:  # the process ended while we looked
+            continue
+        # Fields after the command name (which may hold spaces): state ppid pgrp ...
+        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
+        if int(group) == pgid and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def live_processes_with_env(key: str, value: str) -> list[int]:
+    """Pids of running processes whose environment has ``key=value``: the stack's processes
+    carry its DAGSTER_HOME, also any that left the process group."""
+    wanted, pids = f"{key}={value}".encode(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if wanted in environ.split(b"\0") and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while live_processes_in_group(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 30.0) -> list[int]:
+    """Stop the group led by ``process``: SIGINT (dagster dev's clean shutdown), then SIGKILL.
+
+    Returns the pids still alive afterwards (empty when the group is gone).
+    """
+    pgid = process.pid  # the leader of its own session and group
+    _signal_group(pgid, signal.SIGINT)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    if not _wait_group_gone(pgid, timeout_s=5.0):
+        _signal_group(pgid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=10)
+    _wait_group_gone(pgid, timeout_s=10.0)
+    return live_processes_in_group(pgid)
+
+
+def start_dagster_dev(port: int, env: dict[str, str], log_path: Path, repo_root: Path = REPO_ROOT) -> subprocess.Popen:
+    """``dagster dev -w workspace.yaml`` in ``repo_root``, in a new session; output to ``log_path``."""
+    command = ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            command, cwd=repo_root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def log_tail(log_path: Path, chars: int = 4000) -> str:
+    """The end of a log file, for error messages."""
+    try:
+        return log_path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return "(no log)"
+
+
+def wait_for_server(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> dict:
+    """Poll ``GET {url}/server_info`` until it answers; fail early if ``dagster dev`` exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StackError(f"dagster dev exited with {process.returncode}:\n{log_tail(log_path)}")
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
+                return json.loads(response.read())
+        except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            time.sleep(1.0)
+    raise StackError(f"dagster dev did not answer {url}/server_info within {timeout_s:.0f} s:\n{log_tail(log_path)}")
+
+
+# --------------------------------------------------------------------------------------------
+# GraphQL
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}"""
+
+BACKFILL_STATUS = """
+query Backfill($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill {
+      id status numPartitions
+      error { message stack }
+      runs { runId status tags { key value } }
+    }
+    ... on Error { message }
+  }
+}"""
+
+RUN_FAILURES = """
+query RunFailures($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run { eventConnection(limit: 5000) { events {
+      __typename
+      ... on ExecutionStepFailureEvent { stepKey error { message causes { message } } }
+      ... on ExecutionStepUpForRetryEvent { stepKey error { message causes { message } } }
+      ... on RunFailureEvent { message }
+    } } }
+  }
+}"""
+
+ASSET_PARTITIONS = """
+query AssetPartitions($key: AssetKeyInput!, $partitions: [String!]) {
+  assetNodes(assetKeys: [$key]) {
+    partitionStats { numMaterialized numPartitions numFailed numMaterializing }
+    assetMaterializations(partitions: $partitions) {
+      partition runId timestamp
+      metadataEntries {
+        label
+        ... on FloatMetadataEntry { floatValue }
+        ... on IntMetadataEntry { intValue }
+        ... on TextMetadataEntry { text }
+      }
+    }
+  }
+}"""
+
+RUN_ASSETS = """
+query RunAssets($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      runId status
+      assetSelection { path }
+      assetMaterializations { assetKey { path } partition }
+      tags { key value }
+    }
+  }
+}"""
+
+LOCATION_STATUS = """
+query { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
+  locationOrLoadError { __typename ... on PythonError { message } } } } } }"""
+
+
+@dataclass
+class AssetPartitions:
+    """What the UI knows of a partitioned asset: counts, and metadata by partition."""
+
+    stats: dict[str, int]
+    metadata: dict[str, dict[str, Any]]
+
+
+def _entry_value(entry: dict[str, Any]) -> Any:
+    for field_name in ("floatValue", "intValue", "text"):
+        if field_name in entry:
+            return entry[field_name]
+    return None
+
+
+class GraphQLClient:
+    """POSTs queries to ``{url}/graphql`` with urllib; raises :class:`StackError` on any error."""
+
+    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+        self.endpoint = f"{url}/graphql"
+        self.timeout_s = timeout_s
+
+    def execute(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The ``data`` of the answer."""
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(self.endpoint, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            raise StackError(f"GraphQL HTTP {exc.code}: {exc.read().decode(errors='replace')[:2000]}") from exc
+        if answer.get("errors"):
+            raise StackError(f"GraphQL errors: {json.dumps(answer['errors'])[:2000]}")
+        return answer["data"]
+
+    def location_states(self) -> dict[str, str]:
+        """Each code location's state: LOADING, LOADED, or the error that stopped it loading."""
+        entries = self.execute(LOCATION_STATUS)["workspaceOrError"]["locationEntries"]
+        return {entry["name"]: _location_state(entry) for entry in entries}
+
+    def wait_for_locations(self, timeout_s: float = 120.0) -> None:
+        """Wait until every code location is loaded; raise with the load error of a broken one."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            states = self.location_states()
+            broken = {name: state for name, state in states.items() if state not in ("LOADING", "LOADED")}
+            if broken:
+                raise StackError(f"code location failed to load: {broken}")
+            if states and all(state == "LOADED" for state in states.values()):
+                return
+            if time.monotonic() > deadline:
+                raise StackError(f"code locations not loaded after {timeout_s:.0f} s: {states}")
+            time.sleep(1.0)
+
+    def launch_asset_backfill(self, asset_names: Sequence[str], partition_names: Sequence[str], title: str | None = None) -> str:
+        """Launch a backfill of ``partition_names`` of the assets (as from the asset graph, so
+        that backfill policies apply); return its id."""
+        params = {
+            "assetSelection": [{"path": [name]} for name in asset_names],
+            "partitionNames": list(partition_names),
+            "title": title,
+        }
+        result = self.execute(LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        if result["__typename"] != "LaunchBackfillSuccess":
+            raise StackError(f"launchPartitionBackfill: {result['__typename']}: {result.get('message')}")
+        return result["backfillId"]
+
+    def backfill(self, backfill_id: str) -> dict[str, Any]:
+        """The backfill's status, error and runs."""
+        result = self.execute(BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        if result["__typename"] != "PartitionBackfill":
+            raise StackError(f"partitionBackfillOrError: {result['__typename']}: {result.get('message')}")
+        return result
+
+    def asset_partitions(self, asset_name: str, partitions: Sequence[str]) -> AssetPartitions:
+        """The asset's partition counts, and the metadata of the latest materialisation of each partition."""
+        nodes = self.execute(ASSET_PARTITIONS, {"key": {"path": [asset_name]}, "partitions": list(partitions)})["assetNodes"]
+        if len(nodes) != 1:
+            raise StackError(f"expected one asset node {asset_name!r}, got {len(nodes)}")
+        latest: dict[str, dict[str, Any]] = {}
+        for event in sorted(nodes[0]["assetMaterializations"], key=lambda e: int(e["timestamp"])):
+            latest[event["partition"]] = {entry["label"]: _entry_value(entry) for entry in event["metadataEntries"]}
+        return AssetPartitions(stats=nodes[0]["partitionStats"], metadata=latest)
+
+    def run_assets(self, run_id: str) -> dict[str, Any]:
+        """A run's status, tags, selected assets and the (asset, partition) pairs it materialised."""
+        run = self.execute(RUN_ASSETS, {"runId": run_id})["runOrError"]
+        if run["__typename"] != "Run":
+            raise StackError(f"run {run_id}: {run['__typename']}")
+        return {
+            "status": run["status"],
+            "tags": {tag["key"]: tag["value"] for tag in run["tags"]},
+            "assets": sorted("/".join(key["path"]) for key in run["assetSelection"] or []),
+            "materialized": sorted(("/".join(e["assetKey"]["path"]), e["partition"]) for e in run["assetMaterializations"]),
+        }
+
+    def run_failures(self, run_id: str) -> list[str]:
+        """The step failures of a run (those retried included: "max retries exceeded" alone hides
+        the cause), each with its error and causes, then the run failure; duplicates once."""
+        result = self.execute(RUN_FAILURES, {"runId": run_id})["runOrError"]
+        if result["__typename"] != "Run":
+            return [f"run {run_id}: {result['__typename']}"]
+        failures: list[str] = []
+        for event in result["eventConnection"]["events"]:
+            if event["__typename"] in ("ExecutionStepFailureEvent", "ExecutionStepUpForRetryEvent"):
+                line = f"step {event['stepKey']}: {_error_text(event['error'])}"
+            elif event["__typename"] == "RunFailureEvent":
+                line = f"run: {event['message']}"
+            else:
+                continue
+            if line not in failures:
+                failures.append(line)
+        return failures
+
+    def describe_failure(self, backfill: dict[str, Any]) -> str:
+        """The backfill's own error and the failures of its failed runs."""
+        lines = []
+        if backfill.get("error"):
+            lines.append(f"{backfill['error']['message']}\n{''.join(backfill['error'].get('stack') or [])}")
+        for run in backfill.get("runs", []):
+            lines.append(f"run {run['runId']}: {run['status']}")
+            if run["status"] == "FAILURE":
+                lines += [f"  {failure}" for failure in self.run_failures(run["runId"])]
+        return "\n".join(lines) or "no error text and no runs"
+
+    def wait_for_backfill(self, backfill_id: str, timeout_s: float = 420.0, poll_s: float = 2.0) -> dict[str, Any]:
+        """Poll until the backfill completes; raise with its error text if it fails or times out."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            backfill = self.backfill(backfill_id)
+            if backfill["status"] in BACKFILL_DONE:
+                return backfill
+            if backfill["status"] in BACKFILL_FAILED:
+                raise StackError(f"backfill {backfill_id} ended {backfill['status']}: {self.describe_failure(backfill)}")
+            if time.monotonic() > deadline:
+                raise StackError(f"backfill {backfill_id} still {backfill['status']} after {timeout_s:.0f} s; runs: {backfill['runs']}")
+            time.sleep(poll_s)
+
+
+def _error_text(error: dict[str, Any] | None) -> str:
+    if not error:
+        return "(no error)"
+    return " <- caused by: ".join(e["message"].strip() for e in [error, *error.get("causes", [])])
+
+
+def _location_state(entry: dict[str, Any]) -> str:
+    loaded = entry["locationOrLoadError"]
+    if loaded and loaded["__typename"] == "PythonError":
+        return loaded["message"]
+    return entry["loadStatus"]
+
+
+# --------------------------------------------------------------------------------------------
+# The stack
+
+
+@dataclass
+class DagsterDevStack:
+    """A running stack: where it serves, where its files are, and a client for it."""
+
+    url: str
+    hub_url: str
+    data_dir: Path
+    dagster_home: Path
+    log_path: Path
+    process: subprocess.Popen
+    client: GraphQLClient
+
+    @property
+    def pgid(self) -> int:
+        """The process group of ``dagster dev`` and all its children."""
+        return self.process.pid
+
+    def metrics_on_disk(self, case_id: str) -> dict[str, Any]:
+        """The case's ``metrics.json`` as the pipeline wrote it."""
+        return json.loads((self.data_dir / "cases" / case_id / "metrics.json").read_text())
+
+
+def hide_first_visit_modal(dagster_home: Path) -> None:
+    """Turn off the UI's "Join the Dagster community" modal (``nux``) in this instance only:
+    it would cover the page in screenshots of a fresh DAGSTER_HOME."""
+    config = dagster_home / "dagster.yaml"
+    text = config.read_text()
+    if "\nnux:" not in f"\n{text}":
+        config.write_text(text.rstrip("\n") + "\nnux:\n  enabled: false\n")
+
+
+def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, segmenter: str | None) -> dict[str, str]:
+    """The child environment: the parent's minus tokens and pipeline settings, offline and quiet."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_PREFIX)}
+    env.update(QUIET_HUB_ENV)
+    env.update(
+        HF_HOME=str(work_dir / "hf_home"),
+        HF_ENDPOINT=hub_url,
+        ISLES_HF_REPO=DEFAULT_REPO_ID,
+        ISLES_DATA_DIR=str(data_dir),
+        DAGSTER_HOME=str(dagster_home),
+        PYTHONUNBUFFERED="1",
+    )
+    if segmenter:
+        env["ISLES_SEGMENTER"] = segmenter
+    return env
+
+
+@contextmanager
+def dagster_dev_stack(
+    work_dir: Path,
+    replica_dir: Path,
+    *,
+    segmenter: str | None = None,
+    repo_root: Path = REPO_ROOT,
+    startup_timeout_s: float = 180.0,
+    stop_grace_s: float = 30.0,
+) -> Iterator[DagsterDevStack]:
+    """Serve ``replica_dir`` on a local Hub and run ``dagster dev`` against it; files go to ``work_dir``.
+
+    ``repo_root`` is where ``workspace.yaml`` is (and where the code location is imported from).
+
+    Everything is stopped on exit, also when the body raises; a process of the group that
+    survives the stop is an error (the test would otherwise leak it).
+    """
+    from isles_pipeline.hub.server import HubServer
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    dagster_home = prepare_dagster_home(work_dir / "dagster_home")
+    hide_first_visit_modal(dagster_home)
+    data_dir = work_dir / "data"
+    log_path = work_dir / "dagster_dev.log"
+    hub = HubServer(host="127.0.0.1", port=0)
+    hub.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
+    with hub:
+        env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = start_dagster_dev(port, env, log_path, repo_root)
+        try:
+            wait_for_server(url, process, log_path, startup_timeout_s)
+            client = GraphQLClient(url)
+            client.wait_for_locations()
+            yield DagsterDevStack(url, hub.url, data_dir, dagster_home, log_path, process, client)
+        finally:
+            survivors = stop_process_group(process, grace_s=stop_grace_s)
+        if survivors:
+            raise StackError(f"processes of dagster dev's group {process.pid} survived the stop: {survivors}")
+

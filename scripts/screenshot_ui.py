@@ -1,0 +1,136 @@
+"""Screenshot the Dagster UI's ``case_metrics`` asset page after a three-case backfill.
+
+Starts the whole stack (replica behind the local Hub server, ``dagster dev``; see
+``isles_pipeline_tests/dagster_dev.py``), backfills the case chain for the first three cases
+over GraphQL, then lets headless Chromium render the asset's partitions view with one case's
+Dice metadata, and writes the PNG (default ``docs/ui-case-metrics.png``). Not part of CI.
+
+    apt-get install -y chromium   # Debian's chromium, once
+    python scripts/screenshot_ui.py [--out docs/ui-case-metrics.png] [--partition sub-stroke0001]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # isles_pipeline_tests, when run from a plain checkout
+
+from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
+from isles_pipeline_tests.dagster_dev import CHAIN_ASSETS, DagsterDevStack, dagster_dev_stack  # noqa: E402
+
+CASES = list(CASE_IDS[:3])
+DEFAULT_OUT = REPO_ROOT / "docs" / "ui-case-metrics.png"
+MAX_BYTES = 500_000
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--window-size=1600,1000",
+    "--virtual-time-budget=15000",
+]
+
+
+def find_chromium(explicit: str | None) -> str:
+    """The chromium binary, or exit with how to install it."""
+    for candidate in (explicit, "/usr/bin/chromium", shutil.which("chromium"), shutil.which("chromium-browser")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    sys.exit("chromium not found: install Debian's chromium with `apt-get update && apt-get install -y chromium` (or pass --chromium PATH)")
+
+
+def build_replica(work_dir: Path) -> Path:
+    """A replica of the first three cases on the tiny grid."""
+    from isles_pipeline.hub.replica import build_replica as build
+
+    folder = work_dir / "replica"
+    build(folder, CASES, grid="tiny", ctp_mb=2, seed=0)
+    return folder
+
+
+def backfill_cases(stack: DagsterDevStack) -> None:
+    """Backfill the chain for CASES and print each case's Dice as the UI knows it."""
+    backfill_id = stack.client.launch_asset_backfill(CHAIN_ASSETS, CASES, title="screenshot: first three cases")
+    print(f"backfill {backfill_id}: {len(CASES)} cases, waiting ...", flush=True)
+    backfill = stack.client.wait_for_backfill(backfill_id)
+    metrics = stack.client.asset_partitions("case_metrics", CASES).metadata
+    print(f"backfill {backfill_id}: {backfill['status']} in {len(backfill['runs'])} run(s)")
+    for case_id in CASES:
+        print(f"  {case_id}: dice {metrics[case_id]['dice']:.3f}")
+
+
+def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeout_s: float = 120.0) -> None:
+    """Render ``url`` headless into ``out``; chromium runs in its own process group, stopped on timeout."""
+    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", f"--screenshot={out}", url]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise SystemExit(f"chromium did not finish within {timeout_s:.0f} s")
+    if process.returncode != 0 or not out.exists():
+        raise SystemExit(f"chromium failed ({process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
+
+
+def shrink_if_large(path: Path, max_bytes: int = MAX_BYTES) -> None:
+    """Re-encode the PNG with a palette when it is over ``max_bytes``."""
+    if path.stat().st_size <= max_bytes:
+        return
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.convert("RGB").quantize(colors=256).save(path, optimize=True)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNG goes (default: %(default)s)")
+    parser.add_argument("--partition", default=CASES[0], choices=CASES, help="the case whose metadata the page shows")
+    parser.add_argument("--chromium", help="chromium binary (default: /usr/bin/chromium)")
+    parser.add_argument("--repo-root", type=Path, default=REPO_ROOT, help="the checkout whose workspace.yaml dagster dev serves")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (replica, DAGSTER_HOME, dagster dev log)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    chromium = find_chromium(args.chromium)
+    out = args.out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="isles-screenshot-"))
+    env_quiet = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DAGSTER_DISABLE_TELEMETRY": "1", "HF_HOME": str(work_dir / "hf_home")}
+    os.environ.update(env_quiet)  # also for this process's Hub server and replica builder
+    try:
+        replica = build_replica(work_dir)
+        with dagster_dev_stack(work_dir / "stack", replica, repo_root=args.repo_root.resolve()) as stack:
+            print(f"dagster dev: {stack.url} (log {stack.log_path})", flush=True)
+            backfill_cases(stack)
+            url = f"{stack.url}/assets/case_metrics?view=partitions&partition={args.partition}"
+            print(f"screenshot of {url} ...", flush=True)
+            take_screenshot(chromium, url, out, work_dir / "chromium-profile")
+        shrink_if_large(out)
+    finally:
+        if args.keep:
+            print(f"work folder kept: {work_dir}")
+        else:
+            shutil.rmtree(work_dir, ignore_errors=True)
+    print(out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
