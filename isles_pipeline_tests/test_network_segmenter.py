@@ -8,6 +8,7 @@ z-scored [ADC, DWI] channels, so the mask the whole path (resample -> z-score ->
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,9 @@ from isles_pipeline.segment.checkpoints import (
     state_dict_checkpoint_bytes,
     torchscript_bytes,
 )
-from isles_pipeline.segment.network import NetworkSegmenter
+from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter
+from isles_pipeline.segment.registry import make_segmenter
+from isles_pipeline.segment.rules import RuleParams, RuleSegmenter
 from isles_pipeline.segment.resample import zscore_nonzero as zscore_tensor
 
 CPU = torch.device("cpu")
@@ -303,3 +306,95 @@ def test_checkpoints_download_from_a_local_hub_model_repo(tmp_path: Path, monkey
     assert sorted(p.name for p in all_files) == ["fold0.ts", "fold1.ts"]
     assert [Path(m.source).name for m in one.load()] == ["fold0.ts"]
     assert np.array_equal(mask, oracle_mask(dwi, adc, OracleNet()))
+
+
+def write_sidecar(checkpoint: Path, **settings: object) -> Path:
+    path = checkpoint.with_suffix(".json")
+    path.write_text(json.dumps({**settings, "channels": ["adc", "dwi"], "arch": "oracle"}))
+    return path
+
+
+def test_a_checkpoint_sidecar_sets_the_options_not_given_explicitly(tmp_path: Path) -> None:
+    checkpoint = save_script(OracleNet(), tmp_path / "model.ts")
+    write_sidecar(checkpoint, target_spacing=[2, 2, 2], roi_size=[8, 8, 8], overlap=0.25, size_divisible=8)
+    dwi, adc = blob_case((40, 40, 24), np.eye(4))
+
+    from_sidecar = NetworkSegmenter(str(checkpoint), device="cpu")
+    from_sidecar.segment(dwi, adc, np.eye(4))
+    explicit = NetworkSegmenter(str(checkpoint), device="cpu", target_spacing=(4.0, 4.0, 4.0))
+    explicit.segment(dwi, adc, np.eye(4))
+
+    assert from_sidecar.settings == InferenceSettings((2.0, 2.0, 2.0), (8, 8, 8), 0.25, 8)
+    info = from_sidecar.last_info
+    assert (info["resampled_shape"], info["roi_size"], info["overlap"]) == ((20, 20, 12), (8, 8, 8), 0.25)
+    # The explicit spacing wins; the ROI and overlap still come from the sidecar.
+    assert explicit.settings == InferenceSettings((4.0, 4.0, 4.0), (8, 8, 8), 0.25, 8)
+    assert explicit.last_info["resampled_shape"] == (10, 10, 6)
+
+
+def test_without_a_sidecar_the_nvauto_recipe_applies(tmp_path: Path) -> None:
+    segmenter = NetworkSegmenter(save_script(OracleNet(), tmp_path / "fold0.ts"), device="cpu")
+    segmenter.load()
+    assert segmenter.settings == NVAUTO == InferenceSettings((1.0, 1.0, 1.0), (192, 192, 128), 0.625, 16)
+
+
+def test_checkpoints_with_conflicting_sidecars_are_refused_unless_the_option_is_explicit(tmp_path: Path) -> None:
+    a, b, c = (save_script(OracleNet(), tmp_path / name) for name in ("a.ts", "b.ts", "c.ts"))
+    write_sidecar(a, target_spacing=[2, 2, 2])
+    write_sidecar(b, target_spacing=[3, 3, 3])
+    with pytest.raises(CheckpointError, match=r"disagree on target_spacing .*a\.ts: \(2\.0, 2\.0, 2\.0\).*b\.ts: \(3\.0, 3\.0, 3\.0\)"):
+        NetworkSegmenter([a, b], device="cpu").load()
+    # c has no sidecar: it stands for NVAUTO's 1 mm, which a's 2 mm contradicts.
+    with pytest.raises(CheckpointError, match=r"c\.ts: \(1\.0, 1\.0, 1\.0\)"):
+        NetworkSegmenter([a, c], device="cpu").load()
+    settled = NetworkSegmenter([a, b, c], device="cpu", target_spacing=(2.5, 2.5, 2.5))
+    assert len(settled.load()) == 3 and settled.settings.target_spacing == (2.5, 2.5, 2.5)
+    # Sidecars that agree are fine, and options none of them sets keep the NVAUTO values.
+    write_sidecar(b, target_spacing=[2.0, 2.0, 2.0])
+    agreed = NetworkSegmenter([a, b], device="cpu")
+    agreed.load()
+    assert agreed.settings == InferenceSettings((2.0, 2.0, 2.0), NVAUTO.roi_size, NVAUTO.overlap, NVAUTO.size_divisible)
+
+
+def test_bad_sidecars_and_options_fail_clearly(tmp_path: Path) -> None:
+    checkpoint = save_script(OracleNet(), tmp_path / "model.ts")
+    checkpoint.with_suffix(".json").write_text(json.dumps({"channels": ["dwi", "adc"]}))
+    with pytest.raises(CheckpointError, match=r"channels \['dwi', 'adc'\] are not supported"):
+        NetworkSegmenter(checkpoint, device="cpu").load()
+    write_sidecar(checkpoint, roi_size=[16, 16])
+    with pytest.raises(CheckpointError, match="model.ts: invalid sidecar settings .*three values"):
+        NetworkSegmenter(checkpoint, device="cpu").load()
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\), got 1.5"):
+        NetworkSegmenter(checkpoint, device="cpu", overlap=1.5)
+
+
+def test_make_segmenter_passes_network_options_and_the_rule_segmenter_ignores_them(tmp_path: Path) -> None:
+    checkpoint = save_script(OracleNet(), tmp_path / "model.ts")
+    options = {"target_spacing": [3.0, 3.0, 3.0], "roi_size": [16, 16, 16], "sw_batch_size": 1, "amp": False}
+    network = make_segmenter("network", device="cpu", checkpoint=str(checkpoint), **options)
+    network.load()
+    assert network.settings.target_spacing == (3.0, 3.0, 3.0) and network.sw_batch_size == 1 and network.amp is False
+    rules = make_segmenter("rules", device="cpu", **options, dwi_factor=1.6)  # would be a TypeError if passed on
+    assert isinstance(rules, RuleSegmenter) and rules.params == RuleParams(dwi_factor=1.6)
+
+
+@pytest.mark.skipif(not HAVE_HUB_SERVER, reason="isles_pipeline/hub/server.py is not written yet")
+def test_hub_specs_download_the_sidecar_with_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from isles_pipeline.hub.server import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    write_sidecar(save_script(OracleNet(), repo / "model.ts"), target_spacing=[2, 2, 2], roi_size=[16, 16, 8])
+    save_script(ConstantNet(-5.0), repo / "other.pt")  # not asked for below; its missing sidecar must not matter
+
+    with HubServer("127.0.0.1") as server:
+        server.add_repo("model", "lab/net", repo)
+        by_wildcard = NetworkSegmenter("hf://lab/net:*.ts", device="cpu", endpoint=server.url)
+        by_name = NetworkSegmenter("hf://lab/net:model.ts", device="cpu", endpoint=server.url)
+        models = by_wildcard.load() + by_name.load()
+
+    assert [Path(m.source).name for m in models] == ["model.ts", "model.ts"]
+    assert all(Path(m.source).with_suffix(".json").is_file() for m in models)
+    expected = InferenceSettings((2.0, 2.0, 2.0), (16, 16, 8), NVAUTO.overlap, NVAUTO.size_divisible)
+    assert by_wildcard.settings == by_name.settings == expected

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from isles_pipeline.inputs import MANIFEST, CaseFile, CaseManifest
 from isles_pipeline.nifti import encode
+from isles_pipeline.segment.checkpoints import read_sidecar
 from isles_pipeline.segment.network import NetworkSegmenter
 from isles_pipeline.store import CaseStore
 from isles_pipeline.train import TrainConfig, TrainingCase, save_loss_plot, train_segmenter
@@ -134,9 +136,20 @@ def test_loss_plot_is_a_png() -> None:
 
 
 def write_case_inputs(store: CaseStore, case: TrainingCase) -> None:
-    """What the lead's ``case_inputs`` asset leaves in the store for one case."""
-    for name, data in (("dwi", case.dwi), ("adc", case.adc), ("lesion_mask", case.mask.astype(np.uint8))):
-        store.write_bytes(store.case_path(case.case_id, f"{name}.nii.gz"), encode(nib.Nifti1Image(data, case.affine)))
+    """What ``case_inputs`` leaves in the store for one case: the images and ``source.json``.
+    The files are named ``<column>.nii`` here (not ``.nii.gz``): training must take the names
+    from the manifest, not assume them."""
+    files = {}
+    for column, data in (("dwi", case.dwi), ("adc", case.adc), ("lesion_mask", case.mask.astype(np.uint8))):
+        image = nib.Nifti1Image(data, case.affine)
+        raw = image.to_bytes()
+        sha = store.write_bytes(store.case_path(case.case_id, f"{column}.nii"), raw)
+        files[column] = CaseFile(f"{column}.nii", sha, len(raw))
+    manifest = CaseManifest(
+        case_id=case.case_id, repo_id="test/repo", revision="main", shard_path="-", shard_oid="-", shard_size=0,
+        files=files, original_names={}, shape=case.dwi.shape, voxel_size_mm=SPACING, lesion_ml=0.0,
+    )
+    store.write_text(store.case_path(case.case_id, MANIFEST), manifest.to_json())
 
 
 def test_segmenter_checkpoint_asset_trains_writes_and_reports(tmp_path: Path) -> None:
@@ -169,10 +182,16 @@ def test_segmenter_checkpoint_asset_trains_writes_and_reports(tmp_path: Path) ->
     assert "data:image/png;base64," in metadata["loss_curve"].value
     assert store.path("models", "segmenter_checkpoint", "loss.png").read_bytes().startswith(PNG_MAGIC)
     assert list(store.leftovers()) == []
-    # The checkpoint is directly usable by the network segmenter.
+    # The sidecar beside model.ts says how to run it: the training spacing, the patch as ROI.
+    assert read_sidecar(checkpoint) == {"target_spacing": [2.0, 2.0, 2.0], "roi_size": [16, 16, 16], "overlap": 0.5, "size_divisible": 8}
+    assert metadata["held_out_chance_dice"].value == pytest.approx(cases["sub-2"].mask.mean())
+    # The checkpoint alone, without options, runs as training scored it and reproduces its Dice.
     held = cases["sub-2"]
-    segmenter = NetworkSegmenter(str(checkpoint), device="cpu", target_spacing=(2.0, 2.0, 2.0), roi_size=(16, 16, 16))
-    assert segmenter.segment(held.dwi, held.adc, held.affine).shape == held.mask.shape
+    segmenter = NetworkSegmenter(str(checkpoint), device="cpu")
+    prediction = segmenter.segment(held.dwi, held.adc, held.affine)
+    assert segmenter.last_info["target_spacing"] == (2.0, 2.0, 2.0) and segmenter.last_info["roi_size"] == (16, 16, 16)
+    assert prediction.shape == held.mask.shape
+    assert dice(prediction, held.mask) == pytest.approx(metadata["held_out_dice"].value["sub-2"], abs=1e-6)
 
 
 def test_segmenter_checkpoint_asset_fails_clearly_without_case_inputs(tmp_path: Path) -> None:
@@ -190,4 +209,4 @@ def test_segmenter_checkpoint_asset_fails_clearly_without_case_inputs(tmp_path: 
 
     assert not result.success
     failure = result.failure_data_for_node("segmenter_checkpoint").error.message
-    assert "materialise case_inputs for sub-9" in failure
+    assert "case sub-9: stored inputs missing in" in failure and "materialise case_inputs for sub-9 first" in failure

@@ -19,6 +19,8 @@ def fetch_metadata(result: FetchResult) -> dict:
     return {
         "revision": summary["revision"],
         "shard": summary["shard"],
+        # also the data version of a one-case run; batch runs carry it here only
+        "shard_oid": summary["shard_oid"],
         "shard_bytes": dg.MetadataValue.int(summary["shard_bytes"]),
         "skipped_download": dg.MetadataValue.bool(result.skipped),
         "bytes_transferred": dg.MetadataValue.int(summary["bytes_transferred"]),

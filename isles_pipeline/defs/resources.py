@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 import dagster as dg
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from ..catalogue import DEFAULT_REPO_ID
 from ..source import ShardReader, ShardSource
@@ -49,26 +49,89 @@ class CaseStoreResource(dg.ConfigurableResource):
 
 
 class SegmenterResource(dg.ConfigurableResource):
-    """The segmenter, built once per run and reused for every case of the run."""
+    """The segmenter, built once per run and reused for every case of the run.
+
+    ``target_spacing``, ``roi_size``, ``overlap``, ``sw_batch_size`` and ``amp`` are options of
+    the network segmenter only (the rule segmenter ignores them); left unset, the network takes
+    them from its checkpoints' sidecars, else from the NVAUTO recipe.
+    """
 
     name: str = "rules"
     device: str = "auto"
     checkpoint: str | None = None
+    target_spacing: list[float] | None = Field(default=None, description="network only: mm per voxel axis")
+    roi_size: list[int] | None = Field(default=None, description="network only: sliding-window size in voxels")
+    overlap: float | None = Field(default=None, description="network only: sliding-window overlap, [0, 1)")
+    sw_batch_size: int | None = Field(default=None, description="network only: windows per forward pass")
+    amp: bool | None = Field(default=None, description="network only: mixed precision on CUDA")
 
     _segmenter: object | None = PrivateAttr(default=None)
 
     @classmethod
     def from_env(cls) -> SegmenterResource:
+        """ISLES_SEGMENTER, ISLES_DEVICE, ISLES_CHECKPOINT and the network options ISLES_TARGET_SPACING
+        ("1,1,1" or "1"), ISLES_ROI ("192,192,128"), ISLES_OVERLAP, ISLES_SW_BATCH, ISLES_AMP (1/0)."""
+        env = os.environ
         return cls(
-            name=os.environ.get("ISLES_SEGMENTER", "rules"),
-            device=os.environ.get("ISLES_DEVICE", "auto"),
-            checkpoint=os.environ.get("ISLES_CHECKPOINT") or None,
+            name=env.get("ISLES_SEGMENTER", "rules"),
+            device=env.get("ISLES_DEVICE", "auto"),
+            checkpoint=env.get("ISLES_CHECKPOINT") or None,
+            target_spacing=_env_triple("ISLES_TARGET_SPACING", float),
+            roi_size=_env_triple("ISLES_ROI", int),
+            overlap=_env_value("ISLES_OVERLAP", float),
+            sw_batch_size=_env_value("ISLES_SW_BATCH", int),
+            amp=_env_value("ISLES_AMP", _parse_bool),
         )
+
+    def network_options(self) -> dict[str, object]:
+        """The network options that are set (unset ones are left to sidecars and defaults)."""
+        options = {
+            "target_spacing": self.target_spacing,
+            "roi_size": self.roi_size,
+            "overlap": self.overlap,
+            "sw_batch_size": self.sw_batch_size,
+            "amp": self.amp,
+        }
+        return {key: value for key, value in options.items() if value is not None}
 
     def get(self):
         """The segmenter (imports torch on first use, not when the code location loads)."""
         if self._segmenter is None:
             from ..segment.registry import make_segmenter
 
-            self._segmenter = make_segmenter(self.name, device=self.device, checkpoint=self.checkpoint)
+            self._segmenter = make_segmenter(
+                self.name, device=self.device, checkpoint=self.checkpoint, **self.network_options()
+            )
         return self._segmenter
+
+
+def _env_value(key: str, parse):
+    """``parse(os.environ[key])``, None when unset or empty; a bad value names the variable."""
+    text = os.environ.get(key, "").strip()
+    if not text:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise ValueError(f"{key}={text!r}: {exc}") from exc
+
+
+def _env_triple(key: str, cast) -> list | None:
+    """Three comma-separated numbers, or one meaning the same on every axis."""
+
+    def parse(text: str) -> list:
+        values = [cast(part) for part in text.split(",")]
+        if len(values) not in (1, 3):
+            raise ValueError("expected one or three comma-separated values")
+        return values * 3 if len(values) == 1 else values
+
+    return _env_value(key, parse)
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected 1/0, true/false, yes/no or on/off")

@@ -1,11 +1,13 @@
 """Dagster layer for training: the ``segmenter_checkpoint`` asset and the ``train_segmenter`` job.
 
-The asset reads cases that ``case_inputs`` materialised (``<root>/cases/<id>/{dwi,adc,
-lesion_mask}.nii.gz``) through the ``case_store`` resource, trains with
-:func:`isles_pipeline.train.train_segmenter`, and writes ``<root>/models/segmenter_checkpoint/``
-``model.ts``, ``loss.png`` and ``training.json`` through ``CaseStore``. ``model.ts`` is what
-``ISLES_CHECKPOINT`` can point the network segmenter at. torch is imported when the asset runs,
-not when the code location loads.
+The asset reads cases that ``case_inputs`` materialised (with :func:`~isles_pipeline.inputs.
+read_case_images`, which takes the file names from each case's ``source.json``) through the
+``case_store`` resource, trains with :func:`isles_pipeline.train.train_segmenter`, and writes
+``<root>/models/segmenter_checkpoint/`` ``model.ts``, its sidecar ``model.json`` (target spacing,
+ROI, overlap: how to run it), ``loss.png`` and ``training.json`` through ``CaseStore``.
+``ISLES_CHECKPOINT=<root>/models/segmenter_checkpoint/model.ts`` then runs it in the pipeline with
+the settings it was trained and scored with. torch is imported when the asset runs, not when the
+code location loads.
 """
 
 # No ``from __future__ import annotations``: Dagster reads the asset's parameter annotations
@@ -17,7 +19,8 @@ from typing import TYPE_CHECKING
 import dagster as dg
 from pydantic import Field
 
-from ..nifti import as_float32, as_mask, check_same_grid, decode
+from ..inputs import read_case_images
+from ..nifti import as_float32, as_mask, check_same_grid
 from ..store import CaseStore
 from .resources import CaseStoreResource
 
@@ -25,7 +28,6 @@ if TYPE_CHECKING:
     from ..train.training import TrainConfig, TrainingCase, TrainResult
 
 MODEL_AREA = ("models", "segmenter_checkpoint")
-IMAGE_FILES = {"dwi": "dwi.nii.gz", "adc": "adc.nii.gz", "lesion_mask": "lesion_mask.nii.gz"}
 
 
 class SegmenterCheckpointConfig(dg.Config):
@@ -50,12 +52,13 @@ def read_training_case(store: CaseStore, case_id: str) -> "TrainingCase":
     """One materialised case's DWI, ADC, lesion mask and affine, read through the store."""
     from ..train.training import TrainingCase
 
-    images = {}
-    for column, name in IMAGE_FILES.items():
-        target = store.case_path(case_id, name)
-        if not target.exists():
-            raise dg.Failure(f"case {case_id}: {target} is missing; materialise case_inputs for {case_id} first")
-        images[column] = decode(store.read_bytes(target), f"{case_id} {name}")
+    try:
+        images = read_case_images(store, case_id)
+    except FileNotFoundError as exc:  # MissingInputsError (no source.json) or a file it names
+        where = store.case_path(case_id)
+        raise dg.Failure(f"case {case_id}: stored inputs missing in {where}; materialise case_inputs for {case_id} first") from exc
+    if "lesion_mask" not in images:
+        raise dg.Failure(f"case {case_id}: no lesion_mask among its stored inputs; it cannot be trained or scored on")
     grid = check_same_grid(images)
     return TrainingCase(
         case_id=case_id,
@@ -95,10 +98,17 @@ def _summary(config: SegmenterCheckpointConfig, result: "TrainResult", checkpoin
         "network_kwargs": result.network_kwargs,
         "losses": result.losses,
         "held_out_dice": result.held_out_dice,
+        "inference": result.inference,
         "device": result.device,
         "seconds": result.seconds,
         "checkpoint_sha256": checkpoint_sha256,
     }
+
+
+def chance_dice(cases: "list[TrainingCase]") -> float:
+    """The Dice a random mask scores on these cases, on average: a mask drawing each voxel with
+    the lesion's own voxel fraction p has expected Dice p (all-zeros scores 0)."""
+    return float(sum(float(case.mask.mean()) for case in cases) / len(cases)) if cases else float("nan")
 
 
 def _loss_markdown(png: bytes, path: str) -> str:
@@ -132,6 +142,8 @@ def segmenter_checkpoint(
 
     checkpoint = store.path(*MODEL_AREA, "model.ts")
     checkpoint_sha256 = store.write_bytes(checkpoint, result.checkpoint_bytes())
+    sidecar = store.path(*MODEL_AREA, "model.json")  # beside model.ts: the segmenter reads it from there
+    store.write_text(sidecar, result.sidecar_text())
     png = save_loss_plot(result.losses, title=f"{result.arch} training loss")
     loss_plot = store.path(*MODEL_AREA, "loss.png")
     store.write_bytes(loss_plot, png)
@@ -144,12 +156,15 @@ def segmenter_checkpoint(
             "final_loss": dg.MetadataValue.float(result.losses[-1]),
             "held_out_dice_mean": dg.MetadataValue.float(mean_dice) if held_out else dg.MetadataValue.null(),
             "held_out_dice": dg.MetadataValue.json(result.held_out_dice),
+            "held_out_chance_dice": dg.MetadataValue.float(chance_dice(held_out)) if held_out else dg.MetadataValue.null(),
             "train_case_ids": dg.MetadataValue.json(list(config.train_case_ids)),
             "held_out_case_ids": dg.MetadataValue.json(list(config.held_out_case_ids)),
             "loss_curve": dg.MetadataValue.md(_loss_markdown(png, str(loss_plot))),
             "loss_plot_path": dg.MetadataValue.path(str(loss_plot)),
             "checkpoint_path": dg.MetadataValue.path(str(checkpoint)),
             "checkpoint_sha256": dg.MetadataValue.text(checkpoint_sha256),
+            "sidecar_path": dg.MetadataValue.path(str(sidecar)),
+            "inference_settings": dg.MetadataValue.json(result.inference),
             "arch": dg.MetadataValue.text(result.arch),
             "device": dg.MetadataValue.text(result.device),
             "seconds": dg.MetadataValue.float(result.seconds),

@@ -15,18 +15,25 @@ a ``torch.save``-d dict ``{"arch": "SegResNet", "kwargs": {...}, "state_dict": {
 MONAI network (see :func:`state_dict_checkpoint_bytes`), loaded with ``weights_only=True`` so
 that a checkpoint file cannot run code. Networks map ``(N, 2, X, Y, Z)`` [ADC, DWI] to logits
 ``(N, K, X, Y, Z)``: K=2 (background, lesion) softmax logits, or K=1 sigmoid logits.
+
+A checkpoint may carry its inference settings in a *sidecar*: a JSON file of the same stem
+(``model.json`` beside ``model.ts``), e.g. ``{"target_spacing": [4, 4, 4], "roi_size": [32, 32, 16],
+"overlap": 0.5, "channels": ["adc", "dwi"], "arch": "SegResNet"}``. Training writes one; Hub specs
+download it with the checkpoint when the repo has it. Only the keys in :data:`SIDECAR_OPTIONS`
+are inference options; the others (``arch``, ``network_kwargs`` ...) are for people to read.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import io
+import json
 import os
 import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
@@ -46,6 +53,10 @@ ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     "BasicUNet": nets.BasicUNet,
 }
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SIDECAR_SUFFIX = ".json"
+# The NetworkSegmenter options a sidecar may set; sw_batch_size, amp and device belong to the machine.
+SIDECAR_OPTIONS = ("target_spacing", "roi_size", "overlap", "size_divisible")
+INPUT_CHANNELS = ("adc", "dwi")  # the order every network here takes its input channels in
 
 
 class CheckpointError(ValueError):
@@ -68,6 +79,8 @@ class LoadedModel:
     module: torch.nn.Module
     source: str
     kind: str  # "torchscript" | "state_dict" | "module"
+    # The sidecar's inference options; None: no sidecar (in-memory modules never have one).
+    settings: dict[str, Any] | None = None
 
 
 def parse_hub_spec(spec: str) -> HubSpec | None:
@@ -111,8 +124,10 @@ def hub_endpoint(endpoint: str | None = None) -> str | None:
 
 
 def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
+    """Download a Hub spec's checkpoint files, and each one's sidecar where the repo has it."""
     endpoint = hub_endpoint(endpoint)
-    names = _hub_file_names(hub, endpoint)
+    listed = _hub_listing(hub, endpoint)
+    names = _hub_file_names(hub, listed)
 
     def fetch(name: str) -> Path:
         # token=None: huggingface_hub reads HF_TOKEN itself; the token never passes through here.
@@ -125,25 +140,64 @@ def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
             )
         )
 
+    for sidecar in (_sidecar_name(name) for name in names):
+        if sidecar in listed:
+            fetch(sidecar)  # lands beside its checkpoint in the same snapshot folder
     return [fetch(name) for name in names]
 
 
-def _hub_file_names(hub: HubSpec, endpoint: str | None) -> list[str]:
-    """File names to download: literal patterns as they are, wildcards matched against the repo."""
+def _hub_listing(hub: HubSpec, endpoint: str | None) -> list[str]:
+    """Every file name of the repo at the spec's revision."""
+    info = call_with_retries(
+        lambda: HfApi(endpoint=endpoint).model_info(hub.repo_id, revision=hub.revision),
+        what=f"list {hub.repo_id}",
+    )
+    return sorted(s.rfilename for s in info.siblings or [])
+
+
+def _hub_file_names(hub: HubSpec, listed: list[str]) -> list[str]:
+    """Checkpoint file names to download: literal patterns as they are, wildcards matched
+    against the repo's file list."""
     patterns = hub.patterns or DEFAULT_PATTERNS
     literal = [p for p in patterns if not any(ch in p for ch in "*?[")]
     wildcards = [p for p in patterns if p not in literal]
     names = list(literal)
-    if wildcards:
-        info = call_with_retries(
-            lambda: HfApi(endpoint=endpoint).model_info(hub.repo_id, revision=hub.revision),
-            what=f"list {hub.repo_id}",
-        )
-        listed = sorted(s.rfilename for s in info.siblings or [])
-        names += [n for n in listed if n not in names and any(fnmatch.fnmatch(n, p) for p in wildcards)]
+    names += [n for n in listed if n not in names and any(fnmatch.fnmatch(n, p) for p in wildcards)]
     if not names:
         raise CheckpointError(f"Hub repo {hub.repo_id!r} has no files matching {', '.join(patterns)}")
     return names
+
+
+def _sidecar_name(name: str) -> str:
+    return PurePosixPath(name).with_suffix(SIDECAR_SUFFIX).as_posix()
+
+
+def sidecar_path(checkpoint: str | os.PathLike[str]) -> Path:
+    """Where a checkpoint's sidecar is: the same path with ``.json`` for its suffix."""
+    return Path(checkpoint).with_suffix(SIDECAR_SUFFIX)
+
+
+def read_sidecar(checkpoint: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The inference options in a checkpoint's sidecar (only keys of :data:`SIDECAR_OPTIONS`),
+    or None without a sidecar. A sidecar naming input channels other than [ADC, DWI] is refused."""
+    path = sidecar_path(checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable sidecar ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: a sidecar must be a JSON object")
+    channels = [str(c).lower() for c in raw.get("channels", INPUT_CHANNELS)]
+    if tuple(channels) != INPUT_CHANNELS:
+        raise CheckpointError(f"{path}: channels {channels} are not supported; the segmenter feeds {list(INPUT_CHANNELS)}")
+    return {key: raw[key] for key in SIDECAR_OPTIONS if key in raw}
+
+
+def sidecar_text(settings: dict[str, Any]) -> str:
+    """A sidecar's JSON text for these settings, with the input channels stated."""
+    return json.dumps({**settings, "channels": list(INPUT_CHANNELS)}, indent=2)
 
 
 def is_torchscript(path: Path) -> bool:
@@ -164,9 +218,10 @@ def build_network(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
 def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> LoadedModel:
     """Load one checkpoint file onto ``device`` in eval mode."""
     path = Path(path)
+    settings = read_sidecar(path)
     if is_torchscript(path):
         module = torch.jit.load(str(path), map_location=device)
-        return LoadedModel(module=module.eval(), source=str(path), kind="torchscript")
+        return LoadedModel(module=module.eval(), source=str(path), kind="torchscript", settings=settings)
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
@@ -178,7 +233,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: torch.device) -> Loade
         )
     module = build_network(payload["arch"], dict(payload["kwargs"]))
     module.load_state_dict(payload["state_dict"])
-    return LoadedModel(module=module.to(device).eval(), source=str(path), kind="state_dict")
+    return LoadedModel(module=module.to(device).eval(), source=str(path), kind="state_dict", settings=settings)
 
 
 def load_models(

@@ -5,6 +5,12 @@ along the voxel axes (trilinear) -> z-score each channel over its non-zero voxel
 inference of every model (Gaussian blending, mixed precision on CUDA) -> average the softmaxes ->
 resample the probabilities back to the input grid -> argmax. Only the final mask leaves the device.
 
+Inference settings (target spacing, ROI, overlap) come, option by option, from the constructor
+when given there, else from the checkpoints' sidecars (``model.json`` beside ``model.ts``, see
+:mod:`~isles_pipeline.segment.checkpoints`), else from the NVAUTO recipe (1 mm, 192x192x128,
+overlap 0.625). A checkpoint without a sidecar stands for the NVAUTO values, so an ensemble
+whose members disagree on an option that is not given explicitly is refused.
+
 When CUDA runs out of memory the case is retried with ``sw_batch_size=1``, then on the CPU.
 After each case ``last_info`` (a dict, as for the rule segmenter) holds the device that produced
 the mask, the batch size, whether AMP ran, the grids, the ROI, the seconds and the fallbacks taken.
@@ -15,19 +21,75 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
 from isles_pipeline.segment.base import resolve_device
-from isles_pipeline.segment.checkpoints import LoadedModel, load_models
+from isles_pipeline.segment.checkpoints import CheckpointError, LoadedModel, load_models
 from isles_pipeline.segment.resample import resampled_shape, resize, voxel_sizes, zscore_nonzero
 
 CheckpointSpecs = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | torch.nn.Module]
 CPU = torch.device("cpu")
 SPEC_SEPARATOR = ";"
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How a network expects to be run; the defaults are DeepISLES' NVAUTO recipe."""
+
+    target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    roi_size: tuple[int, int, int] = (192, 192, 128)
+    overlap: float = 0.625
+    size_divisible: int = 16  # the ROI is rounded up to a multiple of this where it is shrunk
+
+    def __post_init__(self) -> None:
+        if len(self.target_spacing) != 3 or len(self.roi_size) != 3:
+            raise ValueError("target_spacing and roi_size need three values (one per voxel axis)")
+        spacing = tuple(float(v) for v in self.target_spacing)
+        roi = tuple(int(v) for v in self.roi_size)
+        if min(spacing) <= 0 or min(roi) < 1:
+            raise ValueError(f"target_spacing {spacing} and roi_size {roi} must be positive")
+        if not 0 <= float(self.overlap) < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        object.__setattr__(self, "target_spacing", spacing)
+        object.__setattr__(self, "roi_size", roi)
+        object.__setattr__(self, "overlap", float(self.overlap))
+        object.__setattr__(self, "size_divisible", max(1, int(self.size_divisible)))
+
+
+NVAUTO = InferenceSettings()
+SETTING_NAMES = tuple(f.name for f in fields(InferenceSettings))
+
+
+def resolve_settings(explicit: Mapping[str, object], models: Sequence[LoadedModel]) -> InferenceSettings:
+    """Explicit options win; every other option comes from the checkpoints' sidecars, which must
+    agree (a checkpoint without a sidecar counts as NVAUTO's values; in-memory modules don't count)."""
+    per_model = {m.source: _settings_of(m) for m in models if m.kind != "module"}
+    chosen = dict(explicit)
+    for name in SETTING_NAMES:
+        values = {source: getattr(settings, name) for source, settings in per_model.items()}
+        if name in chosen or not values:
+            continue
+        if len(set(values.values())) > 1:
+            listed = "; ".join(f"{source}: {value}" for source, value in values.items())
+            raise CheckpointError(
+                f"the checkpoints' sidecars disagree on {name} ({listed}; no sidecar means the NVAUTO "
+                f"value {getattr(NVAUTO, name)}): give {name} explicitly or ensemble matching checkpoints"
+            )
+        chosen[name] = next(iter(values.values()))
+    return InferenceSettings(**chosen)  # type: ignore[arg-type]
+
+
+def _settings_of(model: LoadedModel) -> InferenceSettings:
+    """A checkpoint's settings: its sidecar over the NVAUTO defaults."""
+    try:
+        return InferenceSettings(**(model.settings or {}))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{model.source}: invalid sidecar settings ({exc})") from exc
 
 
 class NetworkSegmenter:
@@ -37,6 +99,9 @@ class NetworkSegmenter:
     :func:`~isles_pipeline.segment.checkpoints.resolve_checkpoint_files` (local ``.ts``/``.pt``
     files or folders, Hub ``org/name[@rev][:patterns]``), or in-memory ``torch.nn.Module`` s.
     Models are loaded once, on first use (or by :meth:`load`), and reused for every case.
+    ``target_spacing``, ``roi_size``, ``overlap`` and ``size_divisible`` left at None come from
+    the sidecars or NVAUTO (see :func:`resolve_settings`); ``settings`` holds the outcome after
+    :meth:`load`.
     """
 
     name = "network"
@@ -45,27 +110,23 @@ class NetworkSegmenter:
         self,
         checkpoints: CheckpointSpecs,
         device: str | torch.device = "auto",
-        target_spacing: Sequence[float] = (1.0, 1.0, 1.0),
-        roi_size: Sequence[int] = (192, 192, 128),
-        overlap: float = 0.625,
+        target_spacing: Sequence[float] | None = None,
+        roi_size: Sequence[int] | None = None,
+        overlap: float | None = None,
         sw_batch_size: int = 2,
         amp: bool = True,
         endpoint: str | None = None,
-        size_divisible: int = 16,
+        size_divisible: int | None = None,
     ):
-        if len(target_spacing) != 3 or len(roi_size) != 3:
-            raise ValueError("target_spacing and roi_size need three values (one per voxel axis)")
-        if not 0 <= overlap < 1:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        given = {"target_spacing": target_spacing, "roi_size": roi_size, "overlap": overlap, "size_divisible": size_divisible}
+        self.explicit = {name: value for name, value in given.items() if value is not None}
+        InferenceSettings(**self.explicit)  # type: ignore[arg-type]  # refuse bad values now, not at the first case
         self.checkpoints = checkpoints
         self.device = resolve_device(device)
-        self.target_spacing = tuple(float(s) for s in target_spacing)
-        self.roi_size = tuple(int(r) for r in roi_size)
-        self.overlap = float(overlap)
         self.sw_batch_size = max(1, int(sw_batch_size))
         self.amp = bool(amp)
         self.endpoint = endpoint
-        self.size_divisible = max(1, int(size_divisible))
+        self.settings: InferenceSettings | None = None
         self._models: list[LoadedModel] | None = None
         self.last_info: dict[str, object] = {}
 
@@ -79,9 +140,11 @@ class NetworkSegmenter:
         return cls(specs, device=device, **options)  # type: ignore[arg-type]
 
     def load(self) -> list[LoadedModel]:
-        """Resolve, download and load the checkpoints (once per instance)."""
+        """Resolve, download and load the checkpoints and settle the settings (once per instance)."""
         if self._models is None:
-            self._models = load_models(self.checkpoints, self.device, self.endpoint)
+            models = load_models(self.checkpoints, self.device, self.endpoint)
+            self.settings = resolve_settings(self.explicit, models)
+            self._models = models
         return self._models
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -122,13 +185,14 @@ class NetworkSegmenter:
         device: torch.device,
         sw_batch_size: int,
     ) -> tuple[np.ndarray, dict[str, object]]:
+        settings = self.settings or NVAUTO
         input_shape = tuple(int(n) for n in dwi.shape)
         use_amp = self.amp and device.type == "cuda"
         with torch.inference_mode():
-            image = network_input(dwi, adc, affine, self.target_spacing, device)
+            image = network_input(dwi, adc, affine, settings.target_spacing, device)
             grid = tuple(int(n) for n in image.shape[2:])
-            roi = clamp_roi(self.roi_size, grid, self.size_divisible)
-            probs = self._ensemble_probabilities(image, models, device, roi, sw_batch_size, use_amp)
+            roi = clamp_roi(settings.roi_size, grid, settings.size_divisible)
+            probs = self._ensemble_probabilities(image, models, device, roi, sw_batch_size, use_amp, settings.overlap)
             del image
             probs = resize(probs, input_shape)
             mask = (probs.argmax(dim=1)[0] != 0).cpu().numpy()
@@ -138,8 +202,10 @@ class NetworkSegmenter:
             "models": len(models),
             "amp": use_amp,
             "input_shape": input_shape,
+            "target_spacing": settings.target_spacing,
             "resampled_shape": grid,
             "roi_size": roi,
+            "overlap": settings.overlap,
         }
         return mask, info
 
@@ -151,6 +217,7 @@ class NetworkSegmenter:
         roi: tuple[int, ...],
         sw_batch_size: int,
         use_amp: bool,
+        overlap: float,
     ) -> torch.Tensor:
         """Mean class probabilities ``(1, K, ...)`` of the models, in float32."""
         total: torch.Tensor | None = None
@@ -159,7 +226,7 @@ class NetworkSegmenter:
             autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
             with autocast:
                 logits = sliding_window_inference(
-                    image, roi, sw_batch_size, network, overlap=self.overlap, mode="gaussian"
+                    image, roi, sw_batch_size, network, overlap=overlap, mode="gaussian"
                 )
             probs = logits_to_probabilities(logits.float())
             total = probs if total is None else total + probs

@@ -4,7 +4,8 @@ Cases are preprocessed exactly as :class:`~isles_pipeline.segment.network.Networ
 preprocesses them (resample to the target spacing, [ADC, DWI], non-zero z-score), patches are
 sampled around lesion voxels and anywhere in the volume, and a MONAI SegResNet or DynUNet is
 fitted with DiceCE loss (mixed precision on CUDA). The result carries a TorchScript module that
-the network segmenter loads, and the held-out Dice of that very module run through the segmenter.
+the network segmenter loads, the inference settings to run it with (written as the checkpoint's
+sidecar), and the held-out Dice of that very module run through the segmenter with those settings.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from monai.utils import set_determinism
 
 from isles_pipeline.metrics import score_masks
 from isles_pipeline.segment.base import resolve_device
-from isles_pipeline.segment.checkpoints import build_network, torchscript_bytes
+from isles_pipeline.segment.checkpoints import build_network, sidecar_text, torchscript_bytes
 from isles_pipeline.segment.network import NetworkSegmenter, network_input
 from isles_pipeline.segment.resample import pad_to_at_least, resize
 
 ARCHS = ("SegResNet", "DynUNet")
 # Both networks below downsample three times: patches must be multiples of 2**3.
 DOWNSAMPLINGS = 3
+# Sliding-window overlap the held-out cases are scored with, and that the sidecar records.
+INFERENCE_OVERLAP = 0.5
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class TrainResult:
     device: str
     seconds: float
     train_case_ids: list[str] = field(default_factory=list)
+    inference: dict[str, object] = field(default_factory=dict)  # NetworkSegmenter options to run it with
 
     @property
     def mean_held_out_dice(self) -> float:
@@ -93,6 +97,10 @@ class TrainResult:
     def checkpoint_bytes(self) -> bytes:
         """The TorchScript file (``model.ts``) as bytes, for writing through ``CaseStore``."""
         return torchscript_bytes(self.module)
+
+    def sidecar_text(self) -> str:
+        """The checkpoint's sidecar (``model.json``): its inference settings, channels and network."""
+        return sidecar_text({**self.inference, "arch": self.arch, "network_kwargs": self.network_kwargs})
 
 
 @dataclass
@@ -120,6 +128,16 @@ def network_kwargs(config: TrainConfig) -> dict[str, object]:
         "upsample_kernel_size": [2] * DOWNSAMPLINGS,
         "filters": [f * 2**i for i in range(DOWNSAMPLINGS + 1)],
         "norm_name": "instance",
+    }
+
+
+def inference_options(config: TrainConfig) -> dict[str, object]:
+    """How the trained network is to be run: the training spacing, the patch size as ROI."""
+    return {
+        "target_spacing": list(config.target_spacing),
+        "roi_size": list(config.patch_size),
+        "overlap": INFERENCE_OVERLAP,
+        "size_divisible": 2**DOWNSAMPLINGS,
     }
 
 
@@ -192,6 +210,7 @@ def train_segmenter(
         device=str(device),
         seconds=time.perf_counter() - start,
         train_case_ids=[case.case_id for case in cases],
+        inference=inference_options(config),
     )
 
 
@@ -249,14 +268,7 @@ def export_torchscript(model: torch.nn.Module, patch_size: Sequence[int]) -> tor
 def _held_out_dice(module: torch.jit.ScriptModule, case: TrainingCase, config: TrainConfig, device: torch.device) -> float:
     """Dice of the exported module on one case, run the way the pipeline runs it."""
     segmenter = NetworkSegmenter(
-        [module],
-        device=device,
-        target_spacing=config.target_spacing,
-        roi_size=config.patch_size,
-        overlap=0.5,
-        sw_batch_size=config.batch_size,
-        amp=config.amp,
-        size_divisible=2**DOWNSAMPLINGS,
+        [module], device=device, sw_batch_size=config.batch_size, amp=config.amp, **inference_options(config)
     )
     prediction = segmenter.segment(case.dwi, case.adc, case.affine)
     return float(score_masks(prediction, case.mask, case.affine).dice)
