@@ -12,266 +12,42 @@ Stdlib only. It binds to loopback addresses only: it has no authentication.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 import logging
-import os
 import re
 import socket
 import struct
 import threading
 import time
 import urllib.request
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, NamedTuple
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from isles_pipeline.catalogue import DEFAULT_REPO_ID
-from isles_pipeline.store import TMP_MARK
+
+from .repo import (
+    DEFAULT_REVISION,
+    SHARED_DIGESTS,
+    DigestCache,
+    LocalRepo,
+    RepoSnapshot,
+)
+from .traffic import (
+    Fault,
+    FaultPlan,
+    LiveRecord,
+    ServerStats,
+    StatsSnapshot,
+)
 
 logger = logging.getLogger(__name__)
 
-ROUTE_KINDS: tuple[str, ...] = ("repo_info", "tree", "paths_info", "resolve", "other")
-FAULT_KINDS: tuple[str, ...] = ("status", "reset", "delay")
-REPO_TYPES: tuple[str, ...] = ("dataset", "model")
-DEFAULT_REVISION = "main"
-LFS_THRESHOLD_BYTES = 1 << 20  # files above 1 MiB (and every parquet file) are served as LFS
 CHUNK_BYTES = 1 << 20
-# Folders a local snapshot may contain that are not part of the repo.
-IGNORED_DIRS = frozenset({".git", ".cache"})
-
-
-# --------------------------------------------------------------------------------------------
-# Hashing: git blob ids and LFS sha256, computed once per file version.
-
-
-class DigestCache:
-    """Digests of files keyed by (path, size, mtime_ns): a 300 MB file is hashed once, not per request."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._digests: dict[tuple[str, str, int, int], str] = {}
-        self._key_locks: dict[tuple[str, str, int, int], threading.Lock] = {}
-
-    def digest(self, algorithm: str, abs_path: str, size: int, mtime_ns: int) -> str:
-        """Hex digest of the file: ``algorithm`` is "sha256" or "git-blob" (git's blob sha1)."""
-        key = (algorithm, abs_path, size, mtime_ns)
-        with self._lock:
-            if key in self._digests:
-                return self._digests[key]
-            key_lock = self._key_locks.setdefault(key, threading.Lock())
-        with key_lock:  # concurrent requests for one new file hash it once
-            with self._lock:
-                if key in self._digests:
-                    return self._digests[key]
-            value = _hash_file(algorithm, abs_path, size)
-            with self._lock:
-                self._digests[key] = value
-                self._key_locks.pop(key, None)
-        return value
-
-
-def _hash_file(algorithm: str, abs_path: str, size: int) -> str:
-    if algorithm == "sha256":
-        hasher = hashlib.sha256()
-    elif algorithm == "git-blob":
-        hasher = hashlib.sha1(b"blob %d\0" % size)
-    else:
-        raise ValueError(f"unknown digest algorithm {algorithm!r}")
-    with open(abs_path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK_BYTES), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
-
-
-def git_blob_sha1(data: bytes) -> str:
-    """The git object id of a blob holding ``data``."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def lfs_pointer(sha256: str, size: int) -> bytes:
-    """The git-lfs pointer file that git stores in place of an LFS file."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
-
-
-SHARED_DIGESTS = DigestCache()
-
-
-# --------------------------------------------------------------------------------------------
-# A repo served from a local folder.
-
-
-@dataclass(frozen=True)
-class FileStat:
-    """One file of a repo as found on disk."""
-
-    path: str  # posix path inside the repo
-    abs_path: str
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """A file with its Hub identifiers: ``blob_oid`` is the git blob id (of the pointer for LFS)."""
-
-    stat: FileStat
-    blob_oid: str
-    sha256: str | None  # set for LFS files only
-    pointer_size: int | None
-
-    @property
-    def etag(self) -> str:
-        """What ``resolve`` sends as ETag: the sha256 for LFS files, else the git blob id."""
-        return self.sha256 or self.blob_oid
-
-    def to_json(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"type": "file", "oid": self.blob_oid, "size": self.stat.size, "path": self.stat.path}
-        if self.sha256 is not None:
-            entry["lfs"] = {"oid": self.sha256, "size": self.stat.size, "pointerSize": self.pointer_size}
-        return entry
-
-
-def is_lfs_path(path: str, size: int) -> bool:
-    """Whether the Hub would store this file with git-lfs (big files and every parquet file)."""
-    return size > LFS_THRESHOLD_BYTES or path.endswith(".parquet")
-
-
-def scan_folder(folder: Path) -> dict[str, FileStat]:
-    """Every file under ``folder`` by repo path, sorted; skips .git/.cache and half-written temp files."""
-    found: dict[str, FileStat] = {}
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
-        for name in filenames:
-            if TMP_MARK in name:
-                continue
-            abs_path = os.path.join(dirpath, name)
-            try:
-                st = os.stat(abs_path)
-            except FileNotFoundError:  # removed while we walked
-                continue
-            rel = Path(abs_path).relative_to(folder).as_posix()
-            found[rel] = FileStat(rel, abs_path, st.st_size, st.st_mtime_ns)
-    return dict(sorted(found.items()))
-
-
-def listing_sha1(stats: list[FileStat]) -> str:
-    """A deterministic 40-hex id of a set of files, from their paths, sizes and mtimes."""
-    hasher = hashlib.sha1()
-    for stat in stats:
-        hasher.update(f"{stat.path}\0{stat.size}\0{stat.mtime_ns}\n".encode())
-    return hasher.hexdigest()
-
-
-def _iso(mtime_ns: int) -> str:
-    moment = datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-
-
-class RepoSnapshot:
-    """A repo's files at one moment; every answer to one request comes from one snapshot."""
-
-    def __init__(self, repo_type: str, repo_id: str, files: dict[str, FileStat], digests: DigestCache):
-        self.repo_type = repo_type
-        self.repo_id = repo_id
-        self.files = files
-        self.commit = listing_sha1(list(files.values()))
-        self._digests = digests
-
-    def accepts_revision(self, revision: str) -> bool:
-        return revision in (DEFAULT_REVISION, self.commit)
-
-    def file_entry(self, path: str) -> FileEntry | None:
-        stat = self.files.get(path)
-        if stat is None:
-            return None
-        if not is_lfs_path(path, stat.size):
-            return FileEntry(stat, self._digest("git-blob", stat), None, None)
-        sha256 = self._digest("sha256", stat)
-        pointer = lfs_pointer(sha256, stat.size)
-        return FileEntry(stat, git_blob_sha1(pointer), sha256, len(pointer))
-
-    def _digest(self, algorithm: str, stat: FileStat) -> str:
-        return self._digests.digest(algorithm, stat.abs_path, stat.size, stat.mtime_ns)
-
-    def is_dir(self, path: str) -> bool:
-        return path == "" or any(p.startswith(path + "/") for p in self.files)
-
-    def _files_under(self, directory: str) -> list[FileStat]:
-        prefix = directory + "/" if directory else ""
-        return [stat for p, stat in self.files.items() if p.startswith(prefix)]
-
-    def dir_entry(self, path: str) -> dict[str, Any]:
-        return {"type": "directory", "oid": listing_sha1(self._files_under(path)), "size": 0, "path": path}
-
-    def entry_json(self, path: str, expand: bool) -> dict[str, Any] | None:
-        """The tree/paths-info entry of a file or directory, or None if neither exists."""
-        entry = self.file_entry(path)
-        if entry is not None:
-            result = entry.to_json()
-        elif path and self.is_dir(path):
-            result = self.dir_entry(path)
-        else:
-            return None
-        if expand:
-            result["lastCommit"] = self._last_commit(path)
-        return result
-
-    def _last_commit(self, path: str) -> dict[str, str]:
-        stats = [self.files[path]] if path in self.files else self._files_under(path)
-        newest = max((s.mtime_ns for s in stats), default=0)
-        return {"id": self.commit, "title": "local snapshot", "date": _iso(newest)}
-
-    def tree(self, directory: str, recursive: bool, expand: bool) -> list[dict[str, Any]]:
-        """Entries under ``directory``: its children, or every descendant when ``recursive``."""
-        prefix = directory + "/" if directory else ""
-        paths: set[str] = set()
-        for path in self.files:
-            if not path.startswith(prefix):
-                continue
-            parts = path[len(prefix):].split("/")
-            depth = len(parts) if recursive else 1
-            paths.update(prefix + "/".join(parts[: i + 1]) for i in range(depth))
-        directories = sorted(p for p in paths if p not in self.files)
-        files = sorted(p for p in paths if p in self.files)
-        return [self.entry_json(p, expand) for p in directories + files]  # type: ignore[misc]
-
-    def repo_info(self) -> dict[str, Any]:
-        newest = max((s.mtime_ns for s in self.files.values()), default=0)
-        return {
-            "id": self.repo_id,
-            "sha": self.commit,
-            "private": False,
-            "gated": False,
-            "disabled": False,
-            "lastModified": _iso(newest),
-            "siblings": [{"rfilename": path} for path in self.files],
-        }
-
-
-class LocalRepo:
-    """A Hub repo whose files are the files under a local folder (rescanned on every request)."""
-
-    def __init__(self, repo_type: str, repo_id: str, folder: Path, digests: DigestCache):
-        if repo_type not in REPO_TYPES:
-            raise ValueError(f"repo_type must be one of {REPO_TYPES}, not {repo_type!r}")
-        if not re.fullmatch(r"[\w.-]+(/[\w.-]+)?", repo_id):
-            raise ValueError(f"invalid repo id {repo_id!r}: expected 'org/name' or 'name'")
-        if not Path(folder).is_dir():
-            raise ValueError(f"repo folder {folder} is not a directory")
-        self.repo_type = repo_type
-        self.repo_id = repo_id
-        self.folder = Path(folder).resolve()
-        self._digests = digests
-
-    def snapshot(self) -> RepoSnapshot:
-        return RepoSnapshot(self.repo_type, self.repo_id, scan_folder(self.folder), self._digests)
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,165 +77,6 @@ def parse_byte_range(header: str, size: int) -> tuple[int, int]:
     if first >= size or last < first:
         raise RangeNotSatisfiable(header)
     return first, min(last, size - 1)
-
-
-# --------------------------------------------------------------------------------------------
-# Accounting.
-
-
-class RequestRecord(NamedTuple):
-    """One answered request: ``bytes_sent`` counts body bytes only."""
-
-    method: str
-    route_kind: str
-    path: str
-    range: str | None
-    status: int
-    bytes_sent: int
-
-
-@dataclass
-class _LiveRecord:
-    method: str
-    route_kind: str
-    path: str
-    range: str | None
-    status: int
-    bytes_sent: int = 0
-
-    def frozen(self) -> RequestRecord:
-        return RequestRecord(self.method, self.route_kind, self.path, self.range, self.status, self.bytes_sent)
-
-
-@dataclass(frozen=True)
-class StatsSnapshot:
-    """Counters at one moment; ``log`` holds the most recent requests, oldest first."""
-
-    total_requests: int
-    requests_by_route: dict[str, int]
-    range_requests: int
-    bytes_sent: int
-    log: list[RequestRecord]
-
-    def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["log"] = [record._asdict() for record in self.log]
-        return data
-
-
-class ServerStats:
-    """Thread-safe request counters. Bytes are counted before they are written, so a client that
-    has received a body always finds it counted."""
-
-    def __init__(self, max_log: int = 100_000) -> None:
-        self._lock = threading.Lock()
-        self._max_log = max_log
-        self.reset()
-
-    def reset(self) -> None:
-        with self._lock:
-            self._by_route = dict.fromkeys(ROUTE_KINDS, 0)
-            self._range_requests = 0
-            self._bytes_sent = 0
-            self._log: deque[_LiveRecord] = deque(maxlen=self._max_log)
-
-    def begin(self, method: str, route_kind: str, path: str, range_header: str | None, status: int) -> _LiveRecord:
-        record = _LiveRecord(method, route_kind, path, range_header, status)
-        with self._lock:
-            self._by_route[route_kind] += 1
-            self._range_requests += range_header is not None
-            self._log.append(record)
-        return record
-
-    def add_bytes(self, record: _LiveRecord, count: int) -> None:
-        with self._lock:
-            record.bytes_sent += count
-            self._bytes_sent += count
-
-    def snapshot(self) -> StatsSnapshot:
-        with self._lock:
-            return StatsSnapshot(
-                total_requests=sum(self._by_route.values()),
-                requests_by_route=dict(self._by_route),
-                range_requests=self._range_requests,
-                bytes_sent=self._bytes_sent,
-                log=[record.frozen() for record in self._log],
-            )
-
-
-# --------------------------------------------------------------------------------------------
-# Fault injection.
-
-
-@dataclass
-class Fault:
-    """A planned misbehaviour for the next ``times`` matching requests.
-
-    kind "status": answer ``status`` (with ``Retry-After: retry_after`` if set);
-    "reset": send the headers and ``after_bytes`` of the body (default half), then reset the connection;
-    "delay": sleep ``seconds`` and then answer normally.
-    """
-
-    route_kind: str
-    kind: str
-    times: int = 1
-    status: int = 503
-    retry_after: int | None = None
-    seconds: float = 0.0
-    after_bytes: int | None = None
-    path_contains: str | None = None  # only requests whose path contains this
-
-    def __post_init__(self) -> None:
-        if self.route_kind not in (*ROUTE_KINDS, "any"):
-            raise ValueError(f"route_kind must be one of {ROUTE_KINDS} or 'any', not {self.route_kind!r}")
-        if self.kind not in FAULT_KINDS:
-            raise ValueError(f"fault kind must be one of {FAULT_KINDS}, not {self.kind!r}")
-        if self.times < 1:
-            raise ValueError(f"times must be >= 1, not {self.times}")
-
-    def matches(self, route_kind: str, path: str) -> bool:
-        kind_ok = self.route_kind in ("any", route_kind)
-        return kind_ok and (self.path_contains is None or self.path_contains in path)
-
-    def cut_point(self, body_length: int) -> int:
-        """How many body bytes a "reset" fault lets through."""
-        wanted = body_length // 2 if self.after_bytes is None else self.after_bytes
-        return max(0, min(wanted, body_length))
-
-
-class FaultPlan:
-    """Faults waiting to be applied; each request consumes at most one (the oldest that matches)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._faults: list[Fault] = []
-
-    def add(self, route_kind: str, kind: str, times: int = 1, **options: Any) -> Fault:
-        """Plan a fault; options: status, retry_after, seconds, after_bytes, path_contains."""
-        fault = Fault(route_kind, kind, times, **options)
-        with self._lock:
-            self._faults.append(fault)
-        return fault
-
-    def take(self, route_kind: str, path: str) -> Fault | None:
-        """The fault to apply to this request, if any, spending one of its uses."""
-        with self._lock:
-            for fault in self._faults:
-                if fault.matches(route_kind, path):
-                    fault.times -= 1
-                    if fault.times == 0:
-                        self._faults.remove(fault)
-                    return fault
-        return None
-
-    def pending(self) -> list[dict[str, Any]]:
-        """The faults still planned, with their remaining ``times``."""
-        with self._lock:
-            return [asdict(fault) for fault in self._faults]
-
-    def clear(self) -> None:
-        with self._lock:
-            self._faults.clear()
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,7 +331,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             return _status_fault_response(fault)
         return self.server.hub.app.answer(method, route, query, body, self.headers.get("Range"))
 
-    def _send(self, response: Response, method: str, record: _LiveRecord | None = None, cut: int | None = None) -> None:
+    def _send(self, response: Response, method: str, record: LiveRecord | None = None, cut: int | None = None) -> None:
         self.send_response(response.status)
         for name, value in response.headers.items():
             self.send_header(name, value)
