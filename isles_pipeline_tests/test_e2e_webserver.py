@@ -39,6 +39,19 @@ class BackfillOutcome:
     metrics_on_disk: dict[str, dict[str, Any]]
     left_in_group: list[int]
     left_with_home: list[int]
+    automation: dict[str, Any]
+
+
+AUTOMATION_QUERY = """
+{
+  repositoriesOrError { ... on RepositoryConnection { nodes {
+    schedules { name cronSchedule scheduleState { status } }
+    sensors { name sensorState { status } }
+  } } }
+  assetNodes { assetKey { path } pools groupName }
+  instance { poolConfig { defaultPoolLimit } }
+}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +64,10 @@ def outcome(tmp_path_factory, replica_dir) -> BackfillOutcome:
         runs = [stack.client.run_assets(run["runId"]) for run in backfill["runs"]]
         metrics = stack.client.asset_partitions("case_metrics", CASES)
         on_disk = {case_id: stack.metrics_on_disk(case_id) for case_id in CASES}
+        automation = stack.client.execute(AUTOMATION_QUERY)
         pgid, home = stack.pgid, str(stack.dagster_home)
     return BackfillOutcome(
-        backfill, runs, metrics, on_disk, live_processes_in_group(pgid), live_processes_with_env("DAGSTER_HOME", home)
+        backfill, runs, metrics, on_disk, live_processes_in_group(pgid), live_processes_with_env("DAGSTER_HOME", home), automation
     )
 
 
@@ -91,3 +105,15 @@ def test_dice_metadata_of_each_partition_equals_metrics_json(outcome):
 def test_no_process_of_the_stack_is_left(outcome):
     assert outcome.left_in_group == []
     assert outcome.left_with_home == []
+
+
+def test_the_ui_shows_the_schedule_sensors_probe_and_gpu_pool(outcome):
+    repository = outcome.automation["repositoriesOrError"]["nodes"][0]
+    schedules = {s["name"]: (s["cronSchedule"], s["scheduleState"]["status"]) for s in repository["schedules"]}
+    assert schedules == {"case_backfill_schedule": ("0 2 * * *", "STOPPED")}
+    sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
+    assert sensors == {"arrow_issue_sensor": "STOPPED", "report_after_success": "RUNNING", "report_after_failure": "RUNNING"}
+    nodes = {"/".join(n["assetKey"]["path"]): n for n in outcome.automation["assetNodes"]}
+    assert nodes["case_prediction"]["pools"] == ["gpu"]
+    assert nodes["pyarrow_hang_probe"]["groupName"] == "upstream"
+    assert outcome.automation["instance"]["poolConfig"]["defaultPoolLimit"] == 1
