@@ -18,14 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import httpx2
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from huggingface_hub import HfApi, HfFileSystem
 
 from . import nifti
 from .catalogue import DEFAULT_REPO_ID, IMAGE_COLUMNS, NEEDED_COLUMNS, shard_path
+from .hub_client import hub_token_setting
 from .retry import call_with_retries
 
 FOOTER_READ = 64 * 1024
@@ -205,14 +206,13 @@ class ShardReader:
     @property
     def fs(self) -> HfFileSystem:
         if self._fs is None:
-            # token=None: the client reads HF_TOKEN itself, so the token never passes through here.
-            self._fs = HfFileSystem(endpoint=self.source.resolved_endpoint, skip_instance_cache=True)
+            self._fs = HfFileSystem(endpoint=self.source.resolved_endpoint, token=hub_token_setting(), skip_instance_cache=True)
         return self._fs
 
     def commit(self) -> str:
         """The commit sha the configured revision points at (resolved once per reader)."""
         if self._commit is None:
-            api, where = HfApi(endpoint=self.source.resolved_endpoint), self.source.resolved_endpoint
+            api, where = HfApi(endpoint=self.source.resolved_endpoint, token=hub_token_setting()), self.source.resolved_endpoint
             try:
                 info = call_with_retries(
                     lambda: api.repo_info(self.source.repo_id, repo_type="dataset", revision=self.source.revision),

@@ -161,6 +161,14 @@ def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
         resolve_checkpoint_files("models/model.ts")  # a relative path, not the repo "models/model.ts"
 
 
+def test_local_wildcards_select_checkpoint_files_in_name_order(tmp_path: Path) -> None:
+    for name in ("fold1.ts", "fold0.ts", "other.ts", "fold0.json"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in resolve_checkpoint_files(str(tmp_path / "fold*"))] == ["fold0.ts", "fold1.ts"]
+    with pytest.raises(CheckpointError, match="no file matches it"):
+        resolve_checkpoint_files(str(tmp_path / "nvauto*.ts"))
+
+
 def test_hub_specs_parse_revision_and_patterns() -> None:
     spec = parse_hub_spec("hf://org/nvauto@v1.2:fold*.ts,extra.pt")
     assert (spec.repo_id, spec.revision, spec.patterns) == ("org/nvauto", "v1.2", ("fold*.ts", "extra.pt"))
@@ -390,7 +398,7 @@ def test_hub_specs_download_the_sidecar_with_the_checkpoint(tmp_path: Path, monk
 
     with HubServer("127.0.0.1") as server:
         server.add_repo("model", "lab/net", repo)
-        by_wildcard = NetworkSegmenter("hf://lab/net:*.ts", device="cpu", endpoint=server.url)
+        by_wildcard = NetworkSegmenter("lab/net:*.ts", device="cpu", endpoint=server.url)  # no hf:// needed with patterns
         by_name = NetworkSegmenter("hf://lab/net:model.ts", device="cpu", endpoint=server.url)
         models = by_wildcard.load() + by_name.load()
 

@@ -227,3 +227,17 @@ def test_a_connection_reset_mid_body_is_ridden_out(hub, replica_dir, tmp_path):
     result = fetch_case(reader_for(hub), CaseStore(tmp_path), CASE)
     assert result.manifest.files["adc"].sha256 == hashlib.sha256(shard_cells(replica_dir, CASE)["adc"]).hexdigest()
     assert len([r for r in hub.stats.log if r.route_kind == "resolve"]) == result.transfer.requests + 1
+
+
+def test_the_token_comes_from_hf_token_only(hub, monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    token_file = tmp_path / "token"
+    token_file.write_text("hf_fromTheTokenFile")
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))  # where `hf auth login` saves one
+    reader_for(hub).read_case(CASE)
+    assert not any(r.authenticated for r in hub.stats.log)  # a token file alone is not used
+    hub.reset_stats()
+    monkeypatch.setenv("HF_TOKEN", "hf_fromTheEnvironment")
+    reader_for(hub).read_case(CASE)
+    assert hub.stats.log and all(r.authenticated for r in hub.stats.log)

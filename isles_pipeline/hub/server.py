@@ -317,7 +317,8 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             range_header = self.headers.get("Range")
             fault = hub.faults.take(route.kind, raw_path)
             response = self._answer(method, route, query, body, fault)
-            record = hub._stats.begin(method, route.kind, self.path, range_header, response.status)
+            authenticated = (self.headers.get("Authorization") or "").startswith("Bearer ")
+            record = hub._stats.begin(method, route.kind, self.path, range_header, response.status, authenticated)
             cut = fault.cut_point(response.body_length) if fault is not None and fault.kind == "reset" else None
             self._send(response, method, record, cut)
         except (BrokenPipeError, ConnectionResetError, socket.timeout):

@@ -24,6 +24,7 @@ class RequestRecord(NamedTuple):
     range: str | None
     status: int
     bytes_sent: int
+    authenticated: bool = False  # a Bearer token came with it (the token itself is never kept)
 
 
 @dataclass
@@ -34,9 +35,10 @@ class LiveRecord:
     range: str | None
     status: int
     bytes_sent: int = 0
+    authenticated: bool = False
 
     def frozen(self) -> RequestRecord:
-        return RequestRecord(self.method, self.route_kind, self.path, self.range, self.status, self.bytes_sent)
+        return RequestRecord(self.method, self.route_kind, self.path, self.range, self.status, self.bytes_sent, self.authenticated)
 
 
 @dataclass(frozen=True)
@@ -71,8 +73,10 @@ class ServerStats:
             self._bytes_sent = 0
             self._log: deque[LiveRecord] = deque(maxlen=self._max_log)
 
-    def begin(self, method: str, route_kind: str, path: str, range_header: str | None, status: int) -> LiveRecord:
-        record = LiveRecord(method, route_kind, path, range_header, status)
+    def begin(
+        self, method: str, route_kind: str, path: str, range_header: str | None, status: int, authenticated: bool = False
+    ) -> LiveRecord:
+        record = LiveRecord(method, route_kind, path, range_header, status, authenticated=authenticated)
         with self._lock:
             self._by_route[route_kind] += 1
             self._range_requests += range_header is not None

@@ -2,8 +2,8 @@
 
 A checkpoint *spec* is one of
 
-* a local file (``model.ts``, ``fold0.pt``) or a folder, whose ``*.ts``/``*.pt``/``*.pth`` files
-  are taken in name order (one ensemble member each);
+* a local file (``model.ts``, ``fold0.pt``), a folder, whose ``*.ts``/``*.pt``/``*.pth`` files
+  are taken in name order (one ensemble member each), or a wildcard path (``/models/fold*.ts``);
 * a Hub model repo: ``[hf://]org/name[@revision][:pattern[,pattern...]]``, e.g.
   ``org/nvauto@v1:fold*.ts``. Patterns without wildcards are file names downloaded directly;
   wildcard patterns are matched against the repo's file list; no pattern means all checkpoint
@@ -26,6 +26,7 @@ are inference options; the others (``arch``, ``network_kwargs`` ...) are for peo
 from __future__ import annotations
 
 import fnmatch
+import glob
 import io
 import json
 import os
@@ -40,6 +41,7 @@ import torch
 from huggingface_hub import HfApi, hf_hub_download
 from monai.networks import nets
 
+from isles_pipeline.hub_client import hub_token_setting
 from isles_pipeline.retry import call_with_retries
 
 CHECKPOINT_SUFFIXES = (".ts", ".pt", ".pth")
@@ -98,14 +100,27 @@ def resolve_checkpoint_files(spec: str | os.PathLike[str], endpoint: str | None 
     """Local checkpoint files for one spec (downloading Hub files into the HF cache)."""
     text = os.fspath(spec)
     local = Path(text).expanduser()
-    if not text.startswith(HUB_PREFIX) and local.exists():
+    on_hub = text.startswith(HUB_PREFIX)
+    if not on_hub and local.exists():
         return _local_files(local)
+    matches = [] if on_hub else _local_glob(local)
+    if matches:
+        return matches
     hub = parse_hub_spec(text)
-    # "dir/model.ts" that does not exist is a mistyped path, not a repo (unless hf:// says so).
-    looks_like_file = not text.startswith(HUB_PREFIX) and local.suffix in CHECKPOINT_SUFFIXES
+    # "dir/model.ts" that does not exist is a mistyped path, not a repo (unless hf:// or a
+    # ":patterns" part says so).
+    looks_like_file = not on_hub and ":" not in text and local.suffix in CHECKPOINT_SUFFIXES
     if hub is None or looks_like_file:
-        raise CheckpointError(f"checkpoint {text!r}: no such file or folder, and not a Hub repo id (org/name)")
+        raise CheckpointError(f"checkpoint {text!r}: no such file or folder, no file matches it, and not a Hub repo id (org/name)")
     return _download(hub, endpoint)
+
+
+def _local_glob(pattern: Path) -> list[Path]:
+    """Checkpoint files matching a local wildcard path (``/models/nvauto/fold*.ts``), in name order."""
+    if not any(ch in str(pattern) for ch in "*?["):
+        return []
+    found = (Path(name) for name in glob.glob(str(pattern)))
+    return sorted(p for p in found if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
 
 
 def _local_files(path: Path) -> list[Path]:
@@ -130,11 +145,10 @@ def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
     names = _hub_file_names(hub, listed)
 
     def fetch(name: str) -> Path:
-        # token=None: huggingface_hub reads HF_TOKEN itself; the token never passes through here.
         return Path(
             call_with_retries(
                 lambda: hf_hub_download(
-                    hub.repo_id, name, repo_type="model", revision=hub.revision, endpoint=endpoint, token=None
+                    hub.repo_id, name, repo_type="model", revision=hub.revision, endpoint=endpoint, token=hub_token_setting()
                 ),
                 what=f"download {hub.repo_id}/{name}",
             )
@@ -149,7 +163,7 @@ def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
 def _hub_listing(hub: HubSpec, endpoint: str | None) -> list[str]:
     """Every file name of the repo at the spec's revision."""
     info = call_with_retries(
-        lambda: HfApi(endpoint=endpoint).model_info(hub.repo_id, revision=hub.revision),
+        lambda: HfApi(endpoint=endpoint, token=hub_token_setting()).model_info(hub.repo_id, revision=hub.revision),
         what=f"list {hub.repo_id}",
     )
     return sorted(s.rfilename for s in info.siblings or [])
