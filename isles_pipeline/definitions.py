@@ -1,21 +1,15 @@
 """The code location: every asset, check, job, sensor and schedule, with the resources that the
 environment selects (see README: ISLES_DATA_DIR, ISLES_HF_REPO, HF_ENDPOINT, ISLES_SEGMENTER ...)."""
 
-import warnings
-
 import dagster as dg
 
-# backfill_policy is marked beta in dagster 1.13; it is what batches cases per run.
-warnings.filterwarnings("ignore", category=dg.BetaWarning)
-warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-
-from .defs.jobs import CASE_CHAIN, case_chain_job, report_job  # noqa: E402
-from .defs.report import metrics_report  # noqa: E402
-from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource  # noqa: E402
-from .defs.schedules import case_backfill_schedule, report_after_failure, report_after_success  # noqa: E402
-from .defs.scoring import inputs_on_one_grid, metrics_in_range  # noqa: E402
-from .defs.training import segmenter_checkpoint, train_segmenter_job  # noqa: E402
-from .defs.upstream import UPSTREAM_ASSETS, UPSTREAM_JOBS, UPSTREAM_RESOURCES, UPSTREAM_SENSORS  # noqa: E402
+from .defs.jobs import CASE_CHAIN, case_chain_job, report_job
+from .defs.report import metrics_report
+from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+from .defs.schedules import case_backfill_schedule, report_after_failure, report_after_success
+from .defs.scoring import inputs_on_one_grid, metrics_in_range
+from .defs.training import segmenter_checkpoint, train_segmenter_job
+from .defs.upstream import UPSTREAM_ASSETS, UPSTREAM_JOBS, UPSTREAM_RESOURCES, UPSTREAM_SENSORS
 
 defs = dg.Definitions(
     assets=[*CASE_CHAIN, metrics_report, segmenter_checkpoint, *UPSTREAM_ASSETS],
