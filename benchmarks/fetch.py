@@ -32,10 +32,10 @@ import platform
 import shlex
 import shutil
 import statistics
-from collections import Counter
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable

@@ -6,10 +6,19 @@ import dagster as dg
 from .defs.jobs import CASE_CHAIN, case_chain_job, report_job
 from .defs.report import metrics_report
 from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
-from .defs.schedules import case_backfill_schedule, report_after_failure, report_after_success
+from .defs.schedules import (
+    case_backfill_schedule,
+    report_after_failure,
+    report_after_success,
+)
 from .defs.scoring import inputs_on_one_grid, metrics_in_range
 from .defs.training import segmenter_checkpoint, train_segmenter_job
-from .defs.upstream import UPSTREAM_ASSETS, UPSTREAM_JOBS, UPSTREAM_RESOURCES, UPSTREAM_SENSORS
+from .defs.upstream import (
+    UPSTREAM_ASSETS,
+    UPSTREAM_JOBS,
+    UPSTREAM_RESOURCES,
+    UPSTREAM_SENSORS,
+)
 
 defs = dg.Definitions(
     assets=[*CASE_CHAIN, metrics_report, segmenter_checkpoint, *UPSTREAM_ASSETS],

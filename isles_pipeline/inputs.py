@@ -142,14 +142,16 @@ class MissingInputsError(FileNotFoundError):
         super().__init__(f"case {case_id}: no input files in {store.case_path(case_id)}; materialise case_inputs for it first")
 
 
-def read_case_images(store: CaseStore, case_id: str) -> dict[str, nib.Nifti1Image]:
-    """The case's stored images by column (``dwi``, ``adc``, ``lesion_mask``), decoded lazily."""
+def read_case_images(
+    store: CaseStore, case_id: str, columns: tuple[str, ...] = IMAGE_COLUMNS
+) -> dict[str, nib.Nifti1Image]:
+    """The case's stored images by column (``dwi``, ``adc``, ``lesion_mask``; only ``columns``)."""
     manifest = read_manifest(store, case_id)
     if manifest is None:
         raise MissingInputsError(case_id, store)
     return {
-        column: nifti.decode(store.read_bytes(store.case_path(case_id, f.name)), f"case {case_id} {column}")
-        for column, f in manifest.files.items()
+        column: nifti.decode(store.read_bytes(store.case_path(case_id, manifest.files[column].name)), f"case {case_id} {column}")
+        for column in columns
     }
 
 

@@ -26,7 +26,13 @@ import nibabel as nib
 import numpy as np
 from upath import UPath
 
-from isles_pipeline.nifti import NiftiError, as_mask, check_same_grid, decode, voxel_volume_ml
+from isles_pipeline.nifti import (
+    NiftiError,
+    as_mask,
+    check_same_grid,
+    decode,
+    voxel_volume_ml,
+)
 
 CONNECTIVITY = 26
 ISLES24_IOU_THRESHOLD = 0.2

@@ -39,7 +39,6 @@ from isles_pipeline.hub.server import (  # noqa: E402
     HubServer,
     RangeNotSatisfiable,
     parse_byte_range,
-    serve_forever,
 )
 
 DATASET = "org/tiny-ds"
@@ -205,7 +204,7 @@ def test_unknown_repo_revision_and_file_raise_not_found(server: HubServer, fs: H
 
 def test_not_found_answers_carry_hub_error_codes(server: HubServer) -> None:
     cases = {
-        f"/api/datasets/org/nope": "RepoNotFound",
+        "/api/datasets/org/nope": "RepoNotFound",
         f"/api/datasets/{DATASET}/revision/v9": "RevisionNotFound",
         f"/api/datasets/{DATASET}/tree/main/no-such-dir": "EntryNotFound",
         f"/api/datasets/{DATASET}/tree/main/README.md": "EntryNotFound",  # a file is not a tree

@@ -27,8 +27,8 @@ from isles_pipeline.segment.checkpoints import (
 )
 from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter
 from isles_pipeline.segment.registry import make_segmenter
-from isles_pipeline.segment.rules import RuleParams, RuleSegmenter
 from isles_pipeline.segment.resample import zscore_nonzero as zscore_tensor
+from isles_pipeline.segment.rules import RuleParams, RuleSegmenter
 
 CPU = torch.device("cpu")
 HAVE_HUB_SERVER = importlib.util.find_spec("isles_pipeline.hub.server") is not None

@@ -14,6 +14,7 @@ import pytest
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
 from isles_pipeline.definitions import defs
 from isles_pipeline.defs.jobs import CASE_CHAIN
+from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
 from isles_pipeline.defs.report import metrics_report
 from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
 from isles_pipeline.defs.schedules import case_backfill_schedule, plan_backfill
@@ -23,7 +24,7 @@ from isles_pipeline.hub.server import HubServer
 from isles_pipeline.metrics import score_files
 
 CHECKS = [inputs_on_one_grid, metrics_in_range]
-RANGE_TAGS = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
+RANGE_TAGS = (RANGE_START_TAG, RANGE_END_TAG)
 
 
 def resources_for(url: str, data_dir) -> dict:

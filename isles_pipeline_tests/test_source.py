@@ -11,9 +11,9 @@ import pytest
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, IMAGE_COLUMNS, NEEDED_COLUMNS, shard_path
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.phantom import make_case
-from isles_pipeline.nifti import as_mask, voxel_volume_ml
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.inputs import fetch_case, read_manifest
+from isles_pipeline.nifti import as_mask, voxel_volume_ml
 from isles_pipeline.source import CaseDataError, ShardReader, ShardSource, plan_ranges
 from isles_pipeline.store import CaseStore
 

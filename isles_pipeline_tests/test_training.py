@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from isles_pipeline.inputs import MANIFEST, CaseFile, CaseManifest
-from isles_pipeline.nifti import encode
 from isles_pipeline.segment.checkpoints import read_sidecar
 from isles_pipeline.segment.network import NetworkSegmenter
 from isles_pipeline.store import CaseStore

@@ -81,7 +81,7 @@ def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeo
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.communicate()
-        raise SystemExit(f"chromium did not finish within {timeout_s:.0f} s")
+        raise SystemExit(f"chromium did not finish within {timeout_s:.0f} s") from None
     if process.returncode != 0 or not out.exists():
         raise SystemExit(f"chromium failed ({process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
 

@@ -10,3 +10,23 @@ case_partitions = dg.StaticPartitionsDefinition(list(CASE_IDS))
 # once for several cases instead of once per case.
 CASES_PER_RUN = 8
 case_backfill_policy = dg.BackfillPolicy.multi_run(max_partitions_per_run=CASES_PER_RUN)
+
+# The tags that make a run cover a range of consecutive cases.
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+# The partitioned assets every case goes through, in order.
+CASE_CHAIN_KEYS = ("case_inputs", "case_prediction", "case_metrics")
+
+
+def range_tags(case_ids: list[str]) -> dict[str, str]:
+    """Tags of a run over ``case_ids`` (consecutive in the catalogue)."""
+    return {RANGE_START_TAG: case_ids[0], RANGE_END_TAG: case_ids[-1]}
+
+
+def chain_statuses(instance: dg.DagsterInstance) -> dict[str, dict[str, dg.AssetPartitionStatus | None]]:
+    """asset -> case id -> partition status, for every asset of the case chain."""
+    return {
+        asset: instance.get_status_by_partition(dg.AssetKey(asset), list(CASE_IDS), case_partitions) or {}
+        for asset in CASE_CHAIN_KEYS
+    }

@@ -7,18 +7,9 @@ import dagster as dg
 from ..catalogue import CASE_IDS
 from ..failures import read_failures
 from ..report import Report, build_report, write_report
-from .partitions import case_partitions
+from .partitions import CASE_CHAIN_KEYS, chain_statuses
 from .resources import CaseStoreResource
 from .scoring import METRICS_FILE, case_metrics
-
-CHAIN = ("case_inputs", "case_prediction", "case_metrics")
-
-
-def _statuses(instance: dg.DagsterInstance) -> dict[str, dict]:
-    return {
-        asset: instance.get_status_by_partition(dg.AssetKey(asset), list(CASE_IDS), case_partitions) or {}
-        for asset in CHAIN
-    }
 
 
 def _table(report: Report) -> dg.TableMetadataValue:
@@ -37,12 +28,12 @@ def _table(report: Report) -> dg.TableMetadataValue:
 )
 def metrics_report(context: dg.AssetExecutionContext, case_store: CaseStoreResource) -> dg.MaterializeResult:
     store = case_store.store()
-    statuses = _statuses(context.instance)
-    attempted = [c for c in CASE_IDS if any(statuses[a].get(c) is not None for a in CHAIN)]
+    statuses = chain_statuses(context.instance)
+    attempted = [c for c in CASE_IDS if any(statuses[a].get(c) is not None for a in CASE_CHAIN_KEYS)]
     scored = [c for c in attempted if statuses["case_metrics"].get(c) == dg.AssetPartitionStatus.MATERIALIZED]
     records = [json.loads(store.case_path(c, METRICS_FILE).read_text()) for c in scored if store.case_path(c, METRICS_FILE).exists()]
     failures = read_failures(store, [c for c in attempted if c not in scored])
-    for asset in CHAIN:
+    for asset in CASE_CHAIN_KEYS:
         for case_id, status in statuses[asset].items():
             if status == dg.AssetPartitionStatus.FAILED and case_id not in failures and case_id not in scored:
                 failures[case_id] = f"{asset} failed (see its run in the Dagster UI)"

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from .partitions import range_tags
 
 # The demo prints its own progress; Dagster's console logger stays quiet unless something breaks.
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -36,7 +37,7 @@ def materialise_cases(case_ids: list[str]) -> CaseLine:
     """Run the case chain for these cases (one run) and say in one line how it went."""
     job = _definitions().resolve_job_def("case_chain")
     instance = dg.DagsterInstance.get()
-    tags = {"dagster/asset_partition_range_start": case_ids[0], "dagster/asset_partition_range_end": case_ids[-1]}
+    tags = range_tags(case_ids)
     if len(case_ids) == 1:
         result = job.execute_in_process(run_config=QUIET_LOGS, partition_key=case_ids[0], instance=instance, raise_on_error=False)
     else:

@@ -15,12 +15,10 @@ from ..catalogue import CASE_IDS
 from ..failures import read_failures
 from ..store import CaseStore
 from .jobs import case_chain_job, report_job
-from .partitions import CASES_PER_RUN, case_partitions
+from .partitions import CASE_CHAIN_KEYS, CASES_PER_RUN, chain_statuses, range_tags
 from .resources import CaseStoreResource
 
-CHAIN = ("case_inputs", "case_prediction", "case_metrics")
 BACKFILL_CRON = os.environ.get("ISLES_BACKFILL_CRON", "0 2 * * *")
-RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
 @dataclass(frozen=True)
@@ -40,10 +38,10 @@ def plan_backfill(instance: dg.DagsterInstance, store: CaseStore, batch_size: in
     A failed partition whose case has a failure note failed in its own work and runs alone; one
     without a note only missed its turn because a batch-mate failed, and is batched again.
     """
-    statuses = {a: instance.get_status_by_partition(dg.AssetKey(a), list(CASE_IDS), case_partitions) or {} for a in CHAIN}
+    statuses = chain_statuses(instance)
     done, failed, running = set(), set(), set()
     for case_id in CASE_IDS:
-        seen = [statuses[a].get(case_id) for a in CHAIN]
+        seen = [statuses[a].get(case_id) for a in CASE_CHAIN_KEYS]
         if dg.AssetPartitionStatus.IN_PROGRESS in seen:
             running.add(case_id)
         elif dg.AssetPartitionStatus.FAILED in seen:
@@ -73,7 +71,7 @@ def run_request(cases: list[str], tick: str, reason: str) -> dg.RunRequest:
     tags = {"isles/backfill": tick, "isles/reason": reason}
     if len(cases) == 1:
         return dg.RunRequest(run_key=run_key, partition_key=cases[0], tags=tags)
-    return dg.RunRequest(run_key=run_key, tags={**tags, RANGE_START: cases[0], RANGE_END: cases[-1]})
+    return dg.RunRequest(run_key=run_key, tags={**tags, **range_tags(cases)})
 
 
 @dg.schedule(

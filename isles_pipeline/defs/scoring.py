@@ -2,6 +2,7 @@
 
 import json
 import math
+
 import dagster as dg
 
 from .. import nifti
@@ -39,7 +40,7 @@ def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResourc
     store = case_store.store()
 
     def score(case_id: str) -> CaseOutcome:
-        gt = read_case_images(store, case_id)["lesion_mask"]
+        gt = read_case_images(store, case_id, ("lesion_mask",))["lesion_mask"]
         pred = nifti.decode(store.read_bytes(store.case_path(case_id, PREDICTION_FILE)), f"case {case_id} prediction")
         numbers = score_images(pred, gt).as_dict()
         info_path = store.case_path(case_id, PREDICTION_INFO_FILE)

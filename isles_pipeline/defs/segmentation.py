@@ -5,6 +5,7 @@ segmenter resource builds the model once per run, however many cases the run car
 """
 
 import json
+
 import dagster as dg
 
 from .. import nifti
@@ -35,7 +36,7 @@ def case_prediction(
     store, model = case_store.store(), segmenter.get()
 
     def segment(case_id: str) -> CaseOutcome:
-        images = read_case_images(store, case_id)
+        images = read_case_images(store, case_id, ("dwi", "adc"))
         result = predict(model, images["dwi"], images["adc"])
         target = store.case_path(case_id, PREDICTION_FILE)
         sha = store.write_bytes(target, nifti.encode(result.mask))

@@ -29,7 +29,12 @@ from ..upstream.github import (
     IssueWatcher,
     Unchanged,
 )
-from ..upstream.probe import ProbeFileSpec, ProbeResult, installed_pyarrow_version, run_probe
+from ..upstream.probe import (
+    ProbeFileSpec,
+    ProbeResult,
+    installed_pyarrow_version,
+    run_probe,
+)
 
 PROBE_ASSET = "pyarrow_hang_probe"
 PROBE_CHECK = "probe_agrees_with_issue"

@@ -41,7 +41,15 @@ from isles_pipeline.catalogue import (
     shard_index,
     shard_path,
 )
-from isles_pipeline.hub.phantom import ADC_UNITS, GridSpec, PhantomCase, case_number, case_rng, grid_spec, make_case
+from isles_pipeline.hub.phantom import (
+    ADC_UNITS,
+    GridSpec,
+    PhantomCase,
+    case_number,
+    case_rng,
+    grid_spec,
+    make_case,
+)
 
 log = logging.getLogger(__name__)
 

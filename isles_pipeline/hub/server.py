@@ -321,7 +321,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             record = hub._stats.begin(method, route.kind, self.path, range_header, response.status, authenticated)
             cut = fault.cut_point(response.body_length) if fault is not None and fault.kind == "reset" else None
             self._send(response, method, record, cut)
-        except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away; nothing left to tell it
 
     def _answer(self, method: str, route: Route, query: str, body: bytes, fault: Fault | None) -> Response:

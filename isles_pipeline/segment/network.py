@@ -30,7 +30,12 @@ from monai.inferers import sliding_window_inference
 
 from isles_pipeline.segment.base import resolve_device
 from isles_pipeline.segment.checkpoints import CheckpointError, LoadedModel, load_models
-from isles_pipeline.segment.resample import resampled_shape, resize, voxel_sizes, zscore_nonzero
+from isles_pipeline.segment.resample import (
+    resampled_shape,
+    resize,
+    voxel_sizes,
+    zscore_nonzero,
+)
 
 CheckpointSpecs = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | torch.nn.Module]
 CPU = torch.device("cpu")

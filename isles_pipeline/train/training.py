@@ -24,7 +24,11 @@ from monai.utils import set_determinism
 
 from isles_pipeline.metrics import score_masks
 from isles_pipeline.segment.base import resolve_device
-from isles_pipeline.segment.checkpoints import build_network, sidecar_text, torchscript_bytes
+from isles_pipeline.segment.checkpoints import (
+    build_network,
+    sidecar_text,
+    torchscript_bytes,
+)
 from isles_pipeline.segment.network import NetworkSegmenter, network_input
 from isles_pipeline.segment.resample import pad_to_at_least, resize
 

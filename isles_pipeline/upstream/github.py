@@ -21,10 +21,11 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from email.message import Message
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ class FetchFailure:
     retry_at: datetime | None = None  # set for rate limits when GitHub says when
 
 
-FetchOutcome = Union[IssueState, Unchanged, FetchFailure]
+FetchOutcome = IssueState | Unchanged | FetchFailure
 
 
 @dataclass(frozen=True)
