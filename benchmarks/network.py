@@ -29,14 +29,14 @@ import torch
 from monai.networks.nets import SegResNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
-from benchmarks.segment import synthetic_head  # noqa: E402
+from benchmarks.segment import SHAPE as REAL_SHAPE  # noqa: E402
+from benchmarks.segment import VOXEL_MM, synthetic_head  # noqa: E402
+from isles_pipeline.segment.base import resolve_device  # noqa: E402
 from isles_pipeline.segment.checkpoints import torchscript_bytes  # noqa: E402
 from isles_pipeline.segment.network import NetworkSegmenter  # noqa: E402
 from isles_pipeline.train.training import TrainConfig, TrainingCase, train_segmenter  # noqa: E402
 
-REAL_SHAPE = (512, 512, 80)
 CPU_SHAPE = (128, 128, 40)
-VOXEL_MM = (0.43, 0.43, 2.0)
 
 
 def write_random_ensemble(folder: Path, models: int, init_filters: int) -> None:
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--patch", type=int, nargs=3, help="training patch; default 96 96 64 on CUDA, 32 32 32 on CPU")
     args = parser.parse_args(argv)
     command = "python benchmarks/network.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu"))
+    device = resolve_device(args.device)
     shape = tuple(args.shape or (REAL_SHAPE if device.type == "cuda" else CPU_SHAPE))
     case = synthetic_head(shape, VOXEL_MM)
     grid = "x".join(map(str, shape)) + " @ " + "x".join(map(str, VOXEL_MM)) + " mm"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, uninstalled
+from isles_pipeline.metrics import score_masks  # noqa: E402
 from isles_pipeline.segment.rules import RuleSegmenter  # noqa: E402
 
 SHAPE = (512, 512, 80)
@@ -54,12 +55,11 @@ def time_device(device: str, runs: int, case) -> dict:
         segmenter.segment(dwi, adc, affine)
         totals.append(time.perf_counter() - start)
         stages.append(segmenter.last_info["seconds"])
-    dice = 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum())
     return {
         "median": statistics.median(totals),
         "min": min(totals),
         "stages": {k: statistics.median(s[k] for s in stages) for k in stages[0]},
-        "dice": float(dice),
+        "dice": score_masks(mask, lesion, affine).dice,
         "name": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine(),
     }
 

@@ -152,24 +152,25 @@ def _scores(o: _Overlaps, voxel_ml: float) -> CaseScores:
     n_gt, n_pred = len(o.gt_sizes), len(o.pred_sizes)
     gt_voxels, pred_voxels = int(o.gt_sizes.sum()), int(o.pred_sizes.sum())
     tp22 = len(np.unique(o.gt_label))
-    fp22 = n_pred - len(np.unique(o.pred_label))
+    fp22, fn22 = n_pred - len(np.unique(o.pred_label)), n_gt - tp22
     tp24 = _greedy_iou_matches(o)
+    fp24, fn24 = n_pred - tp24, n_gt - tp24
     return CaseScores(
         dice=_dice(int(o.voxels.sum()), gt_voxels, pred_voxels),
         avd_ml=abs(gt_voxels - pred_voxels) * voxel_ml,
         lesion_count_diff=abs(n_gt - n_pred),
-        f1_isles22=_f1(tp22, fp22, n_gt - tp22),
-        f1_isles24=_f1(tp24, n_pred - tp24, n_gt - tp24),
+        f1_isles22=_f1(tp22, fp22, fn22),
+        f1_isles24=_f1(tp24, fp24, fn24),
         gt_ml=gt_voxels * voxel_ml,
         pred_ml=pred_voxels * voxel_ml,
         gt_lesions=n_gt,
         pred_lesions=n_pred,
         tp_isles22=tp22,
         fp_isles22=fp22,
-        fn_isles22=n_gt - tp22,
+        fn_isles22=fn22,
         tp_isles24=tp24,
-        fp_isles24=n_pred - tp24,
-        fn_isles24=n_gt - tp24,
+        fp_isles24=fp24,
+        fn_isles24=fn24,
     )
 
 

@@ -26,11 +26,16 @@ class Grid:
 
     @property
     def voxel_size_mm(self) -> tuple[float, ...]:
-        return tuple(float(z) for z in np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0)))
+        return voxel_sizes_mm(self.affine)
 
     @property
     def voxel_ml(self) -> float:
         return voxel_volume_ml(self.affine)
+
+
+def voxel_sizes_mm(affine: np.ndarray) -> tuple[float, float, float]:
+    """Voxel edge length along each array axis: column norms of ``affine[:3, :3]`` (oblique-safe)."""
+    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))  # type: ignore[return-value]
 
 
 def voxel_volume_ml(affine: np.ndarray) -> float:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
 from . import nifti
-from .segment.base import Segmenter
+
+if TYPE_CHECKING:  # segment.base imports torch, which the Dagster code location must not load
+    from .segment.base import Segmenter
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,6 @@ SUMMARY_METRICS = (*HEADLINE_KEYS, "seconds")
 SUMMARY_COLUMNS = ("n", "mean", "std", "median", "q1", "q3", "iqr", "min", "max")
 WORST_CASE_COLUMNS = (CASE_ID, "dice", "f1_isles24", "gt_ml", "pred_ml")
 DEFAULT_WORST = 5
-PNG_DPI = 100
 
 
 @dataclass(frozen=True, eq=False)
@@ -48,8 +47,14 @@ class Report:
 
     def to_markdown(self) -> str:
         """A readable summary: counts, summary table, worst cases, failed and missing cases."""
-        sections = [_counts_section(self), _summary_section(self), _worst_section(self), _failed_section(self.failed)]
-        sections += [_missing_section(self.missing), _unexpected_section(self.unexpected)]
+        sections = [
+            _counts_section(self),
+            _summary_section(self),
+            _worst_section(self),
+            _cases_section("Failed cases", [f"- `{case}`: {_fmt(message)}" for case, message in self.failed.items()]),
+            _cases_section("Missing cases", [f"- `{case}`" for case in self.missing]),
+            _cases_section("Scored but not expected", [f"- `{case}`" for case in self.unexpected], none=""),
+        ]
         return "\n\n".join(s for s in sections if s) + "\n"
 
 
@@ -80,7 +85,7 @@ def summarise(cases: pd.DataFrame) -> pd.DataFrame:
     rows = {}
     for metric in (m for m in SUMMARY_METRICS if m in cases.columns):
         values = pd.to_numeric(cases[metric], errors="coerce").dropna().astype(float)
-        q1, q3 = (values.quantile(0.25), values.quantile(0.75)) if len(values) else (math.nan, math.nan)
+        q1, q3 = values.quantile([0.25, 0.75])  # NaN for no values
         rows[metric] = {
             "n": len(values),
             "mean": values.mean(),
@@ -202,24 +207,11 @@ def _worst_section(report: Report) -> str:
     return f"## Worst {len(report.worst_cases)} cases by Dice\n\n" + markdown_table(columns, rows)
 
 
-def _failed_section(failed: Mapping[str, str]) -> str:
-    if not failed:
-        return "## Failed cases\n\nNone."
-    items = (f"- `{case}`: {_fmt(message)}" for case, message in failed.items())
-    return f"## Failed cases ({len(failed)})\n\n" + "\n".join(items)
-
-
-def _missing_section(missing: Sequence[str]) -> str:
-    if not missing:
-        return "## Missing cases\n\nNone."
-    return f"## Missing cases ({len(missing)})\n\n" + "\n".join(f"- `{case}`" for case in missing)
-
-
-def _unexpected_section(unexpected: Sequence[str]) -> str:
-    if not unexpected:
-        return ""
-    items = "\n".join(f"- `{case}`" for case in unexpected)
-    return f"## Scored but not expected ({len(unexpected)})\n\n{items}"
+def _cases_section(title: str, items: Sequence[str], none: str = "None.") -> str:
+    """``## title (n)`` over the items; with no item, ``## title`` over ``none`` (no section when empty)."""
+    if not items:
+        return f"## {title}\n\n{none}" if none else ""
+    return f"## {title} ({len(items)})\n\n" + "\n".join(items)
 
 
 # --- files and plots ---------------------------------------------------------------------------

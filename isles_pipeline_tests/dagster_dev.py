@@ -57,18 +57,34 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _polls(timeout_s: float, interval_s: float) -> Iterator[None]:
+    """Yield at once, then every ``interval_s`` seconds until ``timeout_s`` have passed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        yield
+        if time.monotonic() > deadline:
+            return
+        time.sleep(interval_s)
+
+
+def _process_dirs() -> Iterator[Path]:
+    return (entry for entry in Path("/proc").iterdir() if entry.name.isdigit())
+
+
+def _stat_fields(process_dir: Path) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces): state,
+    ppid, pgrp, ...; OSError when the process ended while we looked."""
+    return (process_dir / "stat").read_text().rsplit(")", 1)[1].split()
+
+
 def live_processes_in_group(pgid: int) -> list[int]:
     """Pids of the processes of group ``pgid`` that are still running (zombies are dead: skipped)."""
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for entry in _process_dirs():
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # the process ended while we looked
+            state, _ppid, group = _stat_fields(entry)[:3]
+        except OSError:
             continue
-        # Fields after the command name (which may hold spaces): state ppid pgrp ...
-        state, _ppid, group = stat.rsplit(")", 1)[1].split()[:3]
         if int(group) == pgid and state != "Z":
             pids.append(int(entry.name))
     return pids
@@ -78,12 +94,12 @@ def live_processes_with_env(key: str, value: str) -> list[int]:
     """Pids of running processes whose environment has ``key=value``: the stack's processes
     carry its DAGSTER_HOME, also any that left the process group."""
     wanted, pids = f"{key}={value}".encode(), []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for entry in _process_dirs():
+        if int(entry.name) == os.getpid():
             continue
         try:
             environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            state = _stat_fields(entry)[0]
         except OSError:
             continue
         if wanted in environ.split(b"\0") and state != "Z":
@@ -99,12 +115,10 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while live_processes_in_group(pgid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.2)
-    return True
+    for _ in _polls(timeout_s, 0.2):
+        if not live_processes_in_group(pgid):
+            return True
+    return False
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = 30.0) -> list[int]:
@@ -145,15 +159,14 @@ def log_tail(log_path: Path, chars: int = 4000) -> str:
 
 def wait_for_server(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float = 180.0) -> dict:
     """Poll ``GET {url}/server_info`` until it answers; fail early if ``dagster dev`` exits."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    for _ in _polls(timeout_s, 1.0):
         if process.poll() is not None:
             raise StackError(f"dagster dev exited with {process.returncode}:\n{log_tail(log_path)}")
         try:
             with urllib.request.urlopen(f"{url}/server_info", timeout=5) as response:
                 return json.loads(response.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
-            time.sleep(1.0)
+            pass  # not serving yet
     raise StackError(f"dagster dev did not answer {url}/server_info within {timeout_s:.0f} s:\n{log_tail(log_path)}")
 
 
@@ -272,17 +285,14 @@ class GraphQLClient:
 
     def wait_for_locations(self, timeout_s: float = 120.0) -> None:
         """Wait until every code location is loaded; raise with the load error of a broken one."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        for _ in _polls(timeout_s, 1.0):
             states = self.location_states()
             broken = {name: state for name, state in states.items() if state not in ("LOADING", "LOADED")}
             if broken:
                 raise StackError(f"code location failed to load: {broken}")
             if states and all(state == "LOADED" for state in states.values()):
                 return
-            if time.monotonic() > deadline:
-                raise StackError(f"code locations not loaded after {timeout_s:.0f} s: {states}")
-            time.sleep(1.0)
+        raise StackError(f"code locations not loaded after {timeout_s:.0f} s: {states}")
 
     def launch_asset_backfill(self, asset_names: Sequence[str], partition_names: Sequence[str], title: str | None = None) -> str:
         """Launch a backfill of ``partition_names`` of the assets (as from the asset graph, so
@@ -357,16 +367,13 @@ class GraphQLClient:
 
     def wait_for_backfill(self, backfill_id: str, timeout_s: float = 420.0, poll_s: float = 2.0) -> dict[str, Any]:
         """Poll until the backfill completes; raise with its error text if it fails or times out."""
-        deadline = time.monotonic() + timeout_s
-        while True:
+        for _ in _polls(timeout_s, poll_s):
             backfill = self.backfill(backfill_id)
             if backfill["status"] in BACKFILL_DONE:
                 return backfill
             if backfill["status"] in BACKFILL_FAILED:
                 raise StackError(f"backfill {backfill_id} ended {backfill['status']}: {self.describe_failure(backfill)}")
-            if time.monotonic() > deadline:
-                raise StackError(f"backfill {backfill_id} still {backfill['status']} after {timeout_s:.0f} s; runs: {backfill['runs']}")
-            time.sleep(poll_s)
+        raise StackError(f"backfill {backfill_id} still {backfill['status']} after {timeout_s:.0f} s; runs: {backfill['runs']}")
 
 
 def _error_text(error: dict[str, Any] | None) -> str:

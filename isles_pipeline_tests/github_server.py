@@ -102,7 +102,6 @@ class FakeGitHub:
 
     def __init__(self, owner: str = "apache", repo: str = "arrow", number: int = 45214) -> None:
         self.issue_path = f"/repos/{owner}/{repo}/issues/{number}"
-        self._owner, self._repo, self._number = owner, repo, number
         self._lock = threading.Lock()
         self._scripted: deque[Reply] = deque()
         self._requests: list[SeenRequest] = []
@@ -164,7 +163,7 @@ class FakeGitHub:
             if self._scripted:
                 return self._scripted.popleft()
             issue, etag = dict(self._issue), _etag_of(self._issue)
-        if request.method != "GET" or request.path != self.issue_path:
+        if request.path != self.issue_path:  # only GET is served
             return Reply(404, {}, _json({"message": "Not Found"}))
         headers = {"ETag": etag, "X-RateLimit-Limit": "60", "X-RateLimit-Remaining": "59"}
         if request.headers.get("if-none-match") == etag:

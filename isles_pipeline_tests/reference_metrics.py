@@ -26,7 +26,8 @@ def reference_scores(pred: np.ndarray, gt: np.ndarray, affine: np.ndarray) -> di
     gt_labels, n_gt = label(gt)
     pred_labels, n_pred = label(pred)
 
-    both_sizes = int(gt.sum()) + int(pred.sum())
+    gt_voxels, pred_voxels = int(gt.sum()), int(pred.sum())
+    both_sizes = gt_voxels + pred_voxels
     dice = 1.0 if both_sizes == 0 else 2.0 * int((gt & pred).sum()) / both_sizes
 
     tp22 = sum(1 for i in range(1, n_gt + 1) if pred[gt_labels == i].any())
@@ -38,12 +39,12 @@ def reference_scores(pred: np.ndarray, gt: np.ndarray, affine: np.ndarray) -> di
 
     return {
         "dice": dice,
-        "avd_ml": abs(int(gt.sum()) - int(pred.sum())) * voxel_ml,
+        "avd_ml": abs(gt_voxels - pred_voxels) * voxel_ml,
         "lesion_count_diff": abs(n_gt - n_pred),
         "f1_isles22": _f1(tp22, fp22, fn22),
         "f1_isles24": _f1(tp24, fp24, fn24),
-        "gt_ml": int(gt.sum()) * voxel_ml,
-        "pred_ml": int(pred.sum()) * voxel_ml,
+        "gt_ml": gt_voxels * voxel_ml,
+        "pred_ml": pred_voxels * voxel_ml,
         "gt_lesions": n_gt,
         "pred_lesions": n_pred,
         "tp_isles22": tp22,

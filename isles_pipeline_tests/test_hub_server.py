@@ -8,6 +8,8 @@ import json
 import os
 import re
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -416,6 +418,38 @@ def test_reset_mid_body_is_retried_by_hf_file_system(
         server.faults.add("resolve", "reset", times=1, after_bytes=10)
         assert f.read(500) == data[:500]
     assert [(r.status, r.bytes_sent) for r in server.stats.log] == [(206, 10), (206, 500)]
+
+
+def _wait_until_idle(hub: HubServer) -> None:
+    """Until every handler has finished (and printed whatever it prints)."""
+    deadline = time.monotonic() + 5
+    while hub._connections and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_dropped_connections_are_quiet_but_real_errors_are_not(
+    server: HubServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server.faults.add("resolve", "reset", times=1, after_bytes=10)
+    with pytest.raises((http.client.IncompleteRead, ConnectionError)):
+        with urllib.request.urlopen(f"{server.url}/{MODEL}/resolve/main/weights.bin", timeout=10) as response:
+            response.read()
+    idle = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=5)
+    idle.request("GET", f"/api/datasets/{DATASET}")
+    idle.getresponse().read()
+    idle.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    idle.close()  # the client resets its idle keep-alive connection
+    _wait_until_idle(server)
+    assert "Traceback" not in capsys.readouterr().err
+
+    def broken_answer(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(server.app, "answer", broken_answer)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        urllib.request.urlopen(f"{server.url}/api/datasets/{DATASET}", timeout=10)
+    _wait_until_idle(server)
+    assert "RuntimeError: boom" in capsys.readouterr().err
 
 
 def test_delay_fault_and_any_route_and_path_filter(server: HubServer) -> None:

@@ -24,6 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # isles_pipeline_tests, when run from a plain checkout
 
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
+from isles_pipeline.demo import QUIET_HUB_ENV  # noqa: E402
 from isles_pipeline_tests.dagster_dev import CHAIN_ASSETS, DagsterDevStack, dagster_dev_stack  # noqa: E402
 
 CASES = list(CASE_IDS[:3])
@@ -112,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="isles-screenshot-"))
-    env_quiet = {"HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "DAGSTER_DISABLE_TELEMETRY": "1", "HF_HOME": str(work_dir / "hf_home")}
-    os.environ.update(env_quiet)  # also for this process's Hub server and replica builder
+    # Also for this process's Hub server and replica builder.
+    os.environ.update(QUIET_HUB_ENV, HF_HOME=str(work_dir / "hf_home"))
     try:
         replica = build_replica(work_dir)
         with dagster_dev_stack(work_dir / "stack", replica, repo_root=args.repo_root.resolve()) as stack:

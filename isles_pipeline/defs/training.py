@@ -72,20 +72,9 @@ def read_training_case(store: CaseStore, case_id: str) -> "TrainingCase":
 def _train_config(config: SegmenterCheckpointConfig) -> "TrainConfig":
     from ..train.training import TrainConfig
 
+    settings = config.model_dump(exclude={"train_case_ids", "held_out_case_ids"})
     try:
-        return TrainConfig(
-            epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
-            batch_size=config.batch_size,
-            patch_size=tuple(config.patch_size),
-            arch=config.arch,
-            init_filters=config.init_filters,
-            target_spacing=tuple(config.target_spacing),
-            learning_rate=config.learning_rate,
-            seed=config.seed,
-            device=config.device,
-            amp=config.amp,
-        )
+        return TrainConfig(**{**settings, "patch_size": tuple(config.patch_size), "target_spacing": tuple(config.target_spacing)})
     except ValueError as exc:
         raise dg.Failure(f"invalid training config: {exc}") from exc
 

@@ -14,13 +14,11 @@
 # No `from __future__ import annotations`: Dagster reads the asset's config annotation at
 # definition time and cannot resolve it from a string.
 import json
-import os
 from dataclasses import asdict, dataclass
 
 import dagster as dg
 
 from ..upstream.github import (
-    DEFAULT_API_URL,
     DEFAULT_TIMEOUT_S,
     FetchFailure,
     FetchOutcome,
@@ -62,11 +60,7 @@ class GitHubIssueResource(dg.ConfigurableResource):
 
     def watcher(self) -> IssueWatcher:
         """A client built from config and the current environment."""
-        return IssueWatcher(
-            api_url=self.api_url or os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL,
-            timeout_s=self.timeout_s,
-            token=os.environ.get("GITHUB_TOKEN") or None,
-        )
+        return IssueWatcher.from_env(self.timeout_s, api_url=self.api_url)
 
     def fetch(self, etag: str | None = None) -> FetchOutcome:
         """The issue's state, ``Unchanged`` for a matching ``etag``, or a ``FetchFailure``."""

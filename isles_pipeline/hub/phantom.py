@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import nibabel as nib
 import numpy as np
@@ -24,8 +24,8 @@ from isles_pipeline.catalogue import UnknownCaseError, shard_index
 
 AdcUnits = Literal["1e-3", "1e-6"]
 Orientation = Literal["RAS", "LAS", "LPS", "oblique"]
-ADC_UNITS: tuple[str, ...] = ("1e-3", "1e-6")
-ORIENTATIONS: tuple[str, ...] = ("RAS", "LAS", "LPS", "oblique")
+ADC_UNITS: tuple[str, ...] = get_args(AdcUnits)
+ORIENTATIONS: tuple[str, ...] = get_args(Orientation)
 # Per-axis flips of the diagonal orientations (array axis i points along +world axis i when +1).
 _AXIS_SIGNS = {"RAS": (1.0, 1.0, 1.0), "LAS": (-1.0, 1.0, 1.0), "LPS": (-1.0, -1.0, 1.0)}
 # Default orientation by catalogue index modulo 4: a quarter oblique, a quarter LPS.
@@ -54,10 +54,6 @@ class GridSpec:
     @property
     def voxel_ml(self) -> float:
         return float(np.prod(self.voxel_mm)) / 1000.0
-
-    @property
-    def fov_mm(self) -> tuple[float, float, float]:
-        return tuple(n * v for n, v in zip(self.shape, self.voxel_mm))
 
     def as_dict(self) -> dict[str, object]:
         return {"name": self.name, "shape": list(self.shape), "voxel_mm": list(self.voxel_mm)}
@@ -129,10 +125,9 @@ def _resolve_format(
         orientation=default.orientation if orientation is None else orientation,
         mask_scaled=default.mask_scaled if mask_scaled is None else bool(mask_scaled),
     )
-    if fmt.adc_units not in ADC_UNITS:
-        raise ValueError(f"adc_units must be one of {ADC_UNITS} or None, got {fmt.adc_units!r}")
-    if fmt.orientation not in ORIENTATIONS:
-        raise ValueError(f"orientation must be one of {ORIENTATIONS} or None, got {fmt.orientation!r}")
+    for name, value, choices in (("adc_units", fmt.adc_units, ADC_UNITS), ("orientation", fmt.orientation, ORIENTATIONS)):
+        if value not in choices:
+            raise ValueError(f"{name} must be one of {choices} or None, got {value!r}")
     return fmt
 
 
@@ -453,7 +448,7 @@ class PhantomCase:
         return {"dwi": self.dwi, "adc": self.adc, "lesion_mask": self.lesion_mask}
 
 
-def _image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+def nifti_image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
     """A NIfTI image with scanner-coded sform and qform and mm units."""
     image = nib.Nifti1Image(data, affine)
     image.set_sform(affine, code=1)
@@ -465,8 +460,8 @@ def _image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 def mask_image(mask: np.ndarray, affine: np.ndarray, scaled: bool) -> nib.Nifti1Image:
     """A binary mask as uint8 {0,1}, or as uint16 {0,65535} with scl_slope 1/65535 (reads as {0,1})."""
     if not scaled:
-        return _image(mask.astype(np.uint8), affine)
-    image = _image(mask.astype(np.uint16) * np.uint16(MASK_SCALE), affine)
+        return nifti_image(mask.astype(np.uint8), affine)
+    image = nifti_image(mask.astype(np.uint16) * np.uint16(MASK_SCALE), affine)
     image.header.set_slope_inter(1.0 / MASK_SCALE, 0.0)
     return image
 
@@ -497,8 +492,8 @@ def make_case(
     adc_factor = 1.0 if fmt.adc_units == "1e-3" else 1000.0
     return PhantomCase(
         case_id=case_id, seed=seed, grid=spec, format=fmt, affine=affine,
-        dwi=_image(np.clip(np.rint(dwi), 0, np.iinfo(np.int16).max).astype(np.int16), affine),
-        adc=_image((adc * np.float32(adc_factor)).astype(np.float32), affine),
+        dwi=nifti_image(np.clip(np.rint(dwi), 0, np.iinfo(np.int16).max).astype(np.int16), affine),
+        adc=nifti_image((adc * np.float32(adc_factor)).astype(np.float32), affine),
         lesion_mask=mask_image(mask, affine, fmt.mask_scaled),
         brain_mask=tissues.brain >= 0.5,
         lesion_ml=float(mask.sum()) * spec.voxel_ml,

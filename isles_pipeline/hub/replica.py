@@ -13,7 +13,6 @@ except ``ctp``, which is a large incompressible 4-D ``.nii.gz`` sitting where th
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -42,14 +41,16 @@ from isles_pipeline.catalogue import (
     shard_path,
 )
 from isles_pipeline.hub.phantom import (
-    ADC_UNITS,
     GridSpec,
     PhantomCase,
     case_number,
     case_rng,
     grid_spec,
     make_case,
+    nifti_image,
 )
+from isles_pipeline.hub.repo import file_sha256
+from isles_pipeline.store import TMP_MARK
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def write_rows(path: str | os.PathLike[str], rows: Sequence[Mapping[str, object]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = rows_table(rows, schema)
-    partial = path.with_name(path.name + ".partial")
+    partial = path.with_name(f"{path.name}{TMP_MARK}partial")  # a server scanning the folder skips it
     try:
         pq.write_table(table, partial)
         os.replace(partial, path)
@@ -205,7 +206,7 @@ def cropped_cell(cell: Mapping[str, object], voxels: int = 2) -> dict[str, objec
     """The same image with ``voxels`` slices cut off the end of the last axis (shape differs)."""
     image = decode_cell(cell)
     data = np.asanyarray(image.dataobj)[..., :-voxels]
-    return nifti_cell(_image(data, image.affine), str(cell["path"]))
+    return nifti_cell(nifti_image(data, image.affine), str(cell["path"]))
 
 
 def shifted_cell(cell: Mapping[str, object], shift_mm: float = 5.0) -> dict[str, object]:
@@ -213,22 +214,14 @@ def shifted_cell(cell: Mapping[str, object], shift_mm: float = 5.0) -> dict[str,
     image = decode_cell(cell)
     affine = image.affine.copy()
     affine[0, 3] += shift_mm
-    return nifti_cell(_image(np.asanyarray(image.dataobj), affine), str(cell["path"]))
+    return nifti_cell(nifti_image(np.asanyarray(image.dataobj), affine), str(cell["path"]))
 
 
 def four_d_cell(cell: Mapping[str, object], frames: int = 2) -> dict[str, object]:
     """The image repeated along a 4th axis (a 4-D volume where 3-D is expected)."""
     image = decode_cell(cell)
     data = np.repeat(np.asanyarray(image.dataobj)[..., None], frames, axis=-1)
-    return nifti_cell(_image(data, image.affine), str(cell["path"]))
-
-
-def _image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
-    """A NIfTI image with scanner-coded sform and qform."""
-    out = nib.Nifti1Image(data, affine)
-    out.set_sform(affine, code=1)
-    out.set_qform(affine, code=1)
-    return out
+    return nifti_cell(nifti_image(data, image.affine), str(cell["path"]))
 
 
 # ---------------------------------------------------------------- ctp: large incompressible bytes
@@ -275,14 +268,19 @@ def _payload_blocks(prefix: bytes, size: int, rng: np.random.Generator) -> Itera
         position += n
 
 
+def _ctp_total_bytes(ctp_mb: float) -> int:
+    """The ctp file size for ``ctp_mb``, refused below the smallest size a ctp can have."""
+    total = round(ctp_mb * MB)
+    if total < _CTP_MIN_BYTES:
+        raise ValueError(f"ctp_mb must be at least {_CTP_MIN_BYTES / MB}, got {ctp_mb}")
+    return total
+
+
 def ctp_bytes(case_id: str, ctp_mb: float, seed: int = 0) -> np.ndarray:
     """A valid 4-D ``.nii.gz`` of ``ctp_mb`` MB of random int16 voxels (incompressible: gzip with
     stored blocks), deterministic per (case, seed). Returned as one uint8 array written in place,
     so a 300 MB ctp is held in memory once."""
-    total = round(ctp_mb * MB)
-    if total < _CTP_MIN_BYTES:
-        raise ValueError(f"ctp_mb must be at least {_CTP_MIN_BYTES / MB}, got {ctp_mb}")
-    payload, shape, extension = _ctp_layout(total)
+    payload, shape, extension = _ctp_layout(_ctp_total_bytes(ctp_mb))
     rng = case_rng(case_id, seed, "ctp")
     header = _ctp_header(shape, extension, rng)
     blocks = math.ceil(payload / _STORED_BLOCK)
@@ -349,7 +347,7 @@ def _small_images(case: PhantomCase) -> dict[str, nib.Nifti1Image]:
         "lvo_mask": lesion.astype(np.uint8),
         "cow_segmentation": labels,
     }
-    return {column: _image(data, affine) for column, data in volumes.items()}
+    return {column: nifti_image(data, affine) for column, data in volumes.items()}
 
 
 def phantom_row(case: PhantomCase, *, ctp_mb: float = 20) -> dict[str, object]:
@@ -410,14 +408,6 @@ def _remove_stale_shards(out: Path, keep: set[str]) -> None:
             path.unlink()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _dataset_card(manifest: Mapping[str, object]) -> str:
     grid = manifest["grid"]
     return f"""---
@@ -456,17 +446,15 @@ def build_replica(
     out = Path(out)
     selected = parse_case_selection(None, list(case_ids))
     spec = grid_spec(grid)
-    if ctp_mb * MB < _CTP_MIN_BYTES:
-        raise ValueError(f"ctp_mb must be at least {_CTP_MIN_BYTES / MB}, got {ctp_mb}")
-    if adc_units is not None and adc_units not in ADC_UNITS:
-        raise ValueError(f"adc_units must be one of {ADC_UNITS} or None, got {adc_units!r}")
+    _ctp_total_bytes(ctp_mb)  # refuse a bad size before any shard is written
     _check_output_folder(out)
     cases: dict[str, dict[str, object]] = {}
     for case_id in selected:
-        case = make_case(case_id, spec, seed, adc_units=adc_units)
-        path = write_shard(out / shard_path(case_id), phantom_row(case, ctp_mb=ctp_mb))
+        case = make_case(case_id, spec, seed, adc_units=adc_units)  # validates adc_units before any write
+        shard = shard_path(case_id)
+        path = write_shard(out / shard, phantom_row(case, ctp_mb=ctp_mb))
         cases[case_id] = {
-            "shard": shard_path(case_id),
+            "shard": shard,
             "lesion_ml": round(case.lesion_ml, 4),
             "lesion_count": len(case.anatomy.lesions),
             "adc_units": case.format.adc_units,
@@ -474,9 +462,9 @@ def build_replica(
             "mask_scaled": case.format.mask_scaled,
             "missing": list(missing_modalities(case_id)),
             "bytes": path.stat().st_size,
-            "sha256": _sha256(path),
+            "sha256": file_sha256(path),  # also spares a server in this process from hashing it again
         }
-        log.info("replica: wrote %s (%s, %.1f MB)", shard_path(case_id), case_id, cases[case_id]["bytes"] / MB)
+        log.info("replica: wrote %s (%s, %.1f MB)", shard, case_id, cases[case_id]["bytes"] / MB)
     _remove_stale_shards(out, {entry["shard"] for entry in cases.values()})
     manifest: dict[str, object] = {
         "format": MANIFEST_FORMAT, "repo_id": DEFAULT_REPO_ID, "case_ids": selected,

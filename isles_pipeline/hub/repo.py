@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -82,6 +83,14 @@ def lfs_pointer(sha256: str, size: int) -> bytes:
 SHARED_DIGESTS = DigestCache()
 
 
+def file_sha256(path: str | os.PathLike[str], digests: DigestCache = SHARED_DIGESTS) -> str:
+    """sha256 of a local file through ``digests``, keyed as a served repo keys it: a server in this
+    process that later serves the file finds it already hashed."""
+    abs_path = str(Path(path).resolve())
+    st = os.stat(abs_path)
+    return digests.digest("sha256", abs_path, st.st_size, st.st_mtime_ns)
+
+
 # --------------------------------------------------------------------------------------------
 # A repo served from a local folder.
 
@@ -148,8 +157,10 @@ def listing_sha1(stats: list[FileStat]) -> str:
     return hasher.hexdigest()
 
 
-def _iso(mtime_ns: int) -> str:
-    moment = datetime.fromtimestamp(mtime_ns / 1e9, tz=timezone.utc)
+def _newest_iso(stats: Iterable[FileStat]) -> str:
+    """The newest mtime of ``stats`` (the epoch if none) as the Hub writes dates."""
+    newest = max((s.mtime_ns for s in stats), default=0)
+    moment = datetime.fromtimestamp(newest / 1e9, tz=timezone.utc)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
@@ -204,8 +215,7 @@ class RepoSnapshot:
 
     def _last_commit(self, path: str) -> dict[str, str]:
         stats = [self.files[path]] if path in self.files else self._files_under(path)
-        newest = max((s.mtime_ns for s in stats), default=0)
-        return {"id": self.commit, "title": "local snapshot", "date": _iso(newest)}
+        return {"id": self.commit, "title": "local snapshot", "date": _newest_iso(stats)}
 
     def tree(self, directory: str, recursive: bool, expand: bool) -> list[dict[str, Any]]:
         """Entries under ``directory``: its children, or every descendant when ``recursive``."""
@@ -222,14 +232,13 @@ class RepoSnapshot:
         return [self.entry_json(p, expand) for p in directories + files]  # type: ignore[misc]
 
     def repo_info(self) -> dict[str, Any]:
-        newest = max((s.mtime_ns for s in self.files.values()), default=0)
         return {
             "id": self.repo_id,
             "sha": self.commit,
             "private": False,
             "gated": False,
             "disabled": False,
-            "lastModified": _iso(newest),
+            "lastModified": _newest_iso(self.files.values()),
             "siblings": [{"rfilename": path} for path in self.files],
         }
 

@@ -165,6 +165,10 @@ def parse_route(raw_path: str) -> Route:
     return Route(kind="other", path=raw_path)
 
 
+# Methods each Hub route answers; every other route is GET only.
+_ALLOWED_METHODS: dict[str, tuple[str, ...]] = {"paths_info": ("POST",), "resolve": ("GET", "HEAD")}
+
+
 def _flag(values: dict[str, list[str]], name: str) -> bool:
     return values.get(name, ["false"])[-1].lower() in ("1", "true")
 
@@ -184,8 +188,7 @@ class HubApp:
     def answer(self, method: str, route: Route, query: str, body: bytes, range_header: str | None) -> Response:
         if route.kind == "other":
             return self._other(method, route)
-        allowed = {"paths_info": ("POST",), "resolve": ("GET", "HEAD")}.get(route.kind, ("GET",))
-        if method not in allowed:
+        if method not in _ALLOWED_METHODS.get(route.kind, ("GET",)):
             return json_response(405, {"error": f"{method} not allowed here"})
         repo = self._repos.get((route.repo_type, route.repo_id))  # type: ignore[arg-type]
         if repo is None:
@@ -283,6 +286,15 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         finally:
             self.server.hub._track_connection(self.connection, open_=False)
 
+    def handle(self) -> None:
+        """Answer requests until the connection closes. A connection the client drops, or that a
+        "reset" fault drops on purpose, ends quietly; any other error still reaches the server's
+        ``handle_error``, which prints its traceback."""
+        try:
+            super().handle()
+        except (TimeoutError, BrokenPipeError, ConnectionResetError) as error:
+            logger.debug("%s: connection dropped (%s)", self.address_string(), error)
+
     def do_GET(self) -> None:
         self._handle("GET")
 
@@ -308,29 +320,28 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     def _handle(self, method: str) -> None:
         hub = self.server.hub
         raw_path, _, query = self.path.partition("?")
-        try:
-            body = self._read_body()
-            if raw_path.startswith("/_admin/"):  # the control plane: never faulted, never counted
-                self._send(hub._admin_answer(method, raw_path, body), method)
-                return
-            route = parse_route(raw_path)
-            range_header = self.headers.get("Range")
-            fault = hub.faults.take(route.kind, raw_path)
-            response = self._answer(method, route, query, body, fault)
-            authenticated = (self.headers.get("Authorization") or "").startswith("Bearer ")
-            record = hub._stats.begin(method, route.kind, self.path, range_header, response.status, authenticated)
-            cut = fault.cut_point(response.body_length) if fault is not None and fault.kind == "reset" else None
-            self._send(response, method, record, cut)
-        except (TimeoutError, BrokenPipeError, ConnectionResetError):
-            self.close_connection = True  # the client went away; nothing left to tell it
+        body = self._read_body()
+        if raw_path.startswith("/_admin/"):  # the control plane: never faulted, never counted
+            self._send(hub._admin_answer(method, raw_path, body), method)
+            return
+        route = parse_route(raw_path)
+        range_header = self.headers.get("Range")
+        fault = hub.faults.take(route.kind, raw_path)
+        response = self._answer(method, route, query, body, range_header, fault)
+        authenticated = (self.headers.get("Authorization") or "").startswith("Bearer ")
+        record = hub._stats.begin(method, route.kind, self.path, range_header, response.status, authenticated)
+        cut = fault.cut_point(response.body_length) if fault is not None and fault.kind == "reset" else None
+        self._send(response, method, record, cut)
 
-    def _answer(self, method: str, route: Route, query: str, body: bytes, fault: Fault | None) -> Response:
+    def _answer(
+        self, method: str, route: Route, query: str, body: bytes, range_header: str | None, fault: Fault | None
+    ) -> Response:
         """The app's answer, after a "delay" fault's sleep, or a "status" fault's error in its place."""
         if fault is not None and fault.kind == "delay":
             time.sleep(fault.seconds)
         if fault is not None and fault.kind == "status":
             return _status_fault_response(fault)
-        return self.server.hub.app.answer(method, route, query, body, self.headers.get("Range"))
+        return self.server.hub.app.answer(method, route, query, body, range_header)
 
     def _send(self, response: Response, method: str, record: LiveRecord | None = None, cut: int | None = None) -> None:
         self.send_response(response.status)

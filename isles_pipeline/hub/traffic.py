@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
 ROUTE_KINDS: tuple[str, ...] = ("repo_info", "tree", "paths_info", "resolve", "other")
@@ -29,6 +29,8 @@ class RequestRecord(NamedTuple):
 
 @dataclass
 class LiveRecord:
+    """A request being answered: ``bytes_sent`` grows as the body goes out."""
+
     method: str
     route_kind: str
     path: str
@@ -38,7 +40,7 @@ class LiveRecord:
     authenticated: bool = False
 
     def frozen(self) -> RequestRecord:
-        return RequestRecord(self.method, self.route_kind, self.path, self.range, self.status, self.bytes_sent, self.authenticated)
+        return RequestRecord(**vars(self))
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class StatsSnapshot:
     log: list[RequestRecord]
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        # Not asdict(self): it would deep-copy the whole log only to have it replaced.
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["log"] = [record._asdict() for record in self.log]
         return data
 

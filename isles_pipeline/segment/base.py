@@ -23,6 +23,15 @@ class Segmenter(Protocol):
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray: ...
 
 
+def check_segment_inputs(dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> None:
+    """Refuse what ``Segmenter.segment`` cannot take: DWI and ADC not 3-D of one shape, or an
+    affine that is not 4x4."""
+    if dwi.ndim != 3 or dwi.shape != adc.shape:
+        raise ValueError(f"dwi {dwi.shape} and adc {adc.shape} must be 3-D arrays of one shape")
+    if np.shape(affine) != (4, 4):
+        raise ValueError(f"affine must be 4x4, got shape {np.shape(affine)}")
+
+
 def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     """``auto`` picks CUDA when available, else CPU; ``cpu``/``cuda``/``cuda:N`` force one."""
     if isinstance(spec, torch.device):

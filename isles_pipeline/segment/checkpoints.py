@@ -115,9 +115,13 @@ def resolve_checkpoint_files(spec: str | os.PathLike[str], endpoint: str | None 
     return _download(hub, endpoint)
 
 
+def _has_wildcard(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
 def _local_glob(pattern: Path) -> list[Path]:
     """Checkpoint files matching a local wildcard path (``/models/nvauto/fold*.ts``), in name order."""
-    if not any(ch in str(pattern) for ch in "*?["):
+    if not _has_wildcard(str(pattern)):
         return []
     found = (Path(name) for name in glob.glob(str(pattern)))
     return sorted(p for p in found if p.is_file() and p.suffix in CHECKPOINT_SUFFIXES)
@@ -173,7 +177,7 @@ def _hub_file_names(hub: HubSpec, listed: list[str]) -> list[str]:
     """Checkpoint file names to download: literal patterns as they are, wildcards matched
     against the repo's file list."""
     patterns = hub.patterns or DEFAULT_PATTERNS
-    literal = [p for p in patterns if not any(ch in p for ch in "*?[")]
+    literal = [p for p in patterns if not _has_wildcard(p)]
     wildcards = [p for p in patterns if p not in literal]
     names = list(literal)
     names += [n for n in listed if n not in names and any(fnmatch.fnmatch(n, p) for p in wildcards)]
@@ -222,10 +226,14 @@ def is_torchscript(path: Path) -> bool:
         return any(name.endswith("/constants.pkl") for name in archive.namelist())
 
 
-def build_network(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
-    """Instantiate an allowed MONAI network by class name."""
+def _check_architecture(arch: str) -> None:
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+
+
+def build_network(arch: str, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate an allowed MONAI network by class name."""
+    _check_architecture(arch)
     return ARCHITECTURES[arch](**kwargs)
 
 
@@ -271,8 +279,7 @@ def load_models(
 
 def state_dict_checkpoint_bytes(arch: str, kwargs: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> bytes:
     """Serialise a MONAI network as the ``{"arch", "kwargs", "state_dict"}`` dict this module loads."""
-    if arch not in ARCHITECTURES:  # refuse at save time, not when someone loads it later
-        raise CheckpointError(f"unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
+    _check_architecture(arch)  # refuse at save time, not when someone loads it later
     buffer = io.BytesIO()
     cpu_state = {name: tensor.detach().cpu() for name, tensor in state_dict.items()}
     torch.save({"arch": arch, "kwargs": kwargs, "state_dict": cpu_state}, buffer)

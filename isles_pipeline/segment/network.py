@@ -18,7 +18,6 @@ the mask, the batch size, whether AMP ran, the grids, the ROI, the seconds and t
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -28,14 +27,10 @@ import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 
-from isles_pipeline.segment.base import resolve_device
+from isles_pipeline.nifti import voxel_sizes_mm
+from isles_pipeline.segment.base import check_segment_inputs, resolve_device
 from isles_pipeline.segment.checkpoints import CheckpointError, LoadedModel, load_models
-from isles_pipeline.segment.resample import (
-    resampled_shape,
-    resize,
-    voxel_sizes,
-    zscore_nonzero,
-)
+from isles_pipeline.segment.resample import resampled_shape, resize, zscore_nonzero
 
 CheckpointSpecs = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | torch.nn.Module]
 CPU = torch.device("cpu")
@@ -154,10 +149,7 @@ class NetworkSegmenter:
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """The boolean lesion mask of one case on its input grid."""
-        if dwi.ndim != 3 or dwi.shape != adc.shape:
-            raise ValueError(f"dwi {dwi.shape} and adc {adc.shape} must be 3-D arrays of one shape")
-        if np.asarray(affine).shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got shape {np.asarray(affine).shape}")
+        check_segment_inputs(dwi, adc, affine)
         models = self.load()
         start = time.perf_counter()
         fallbacks: list[str] = []
@@ -228,8 +220,7 @@ class NetworkSegmenter:
         total: torch.Tensor | None = None
         for model in models:
             network = model.module.to(device)
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with autocast:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 logits = sliding_window_inference(
                     image, roi, sw_batch_size, network, overlap=overlap, mode="gaussian"
                 )
@@ -264,7 +255,7 @@ def network_input(
     values count as 0). Training uses this too, so that both see identical inputs."""
     stacked = np.stack([np.asarray(adc, dtype=np.float32), np.asarray(dwi, dtype=np.float32)])
     image = torch.nan_to_num(torch.from_numpy(stacked)[None].to(device), nan=0.0, posinf=0.0, neginf=0.0)
-    grid = resampled_shape(dwi.shape, voxel_sizes(affine), target_spacing)
+    grid = resampled_shape(dwi.shape, voxel_sizes_mm(affine), target_spacing)
     return zscore_nonzero(resize(image, grid))
 
 

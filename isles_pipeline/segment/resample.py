@@ -9,15 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-
-
-def voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel edge lengths in mm: the norms of the affine's first three columns."""
-    norms = np.sqrt((np.asarray(affine, dtype=np.float64)[:3, :3] ** 2).sum(axis=0))
-    return tuple(float(n) for n in norms)  # type: ignore[return-value]
 
 
 def resampled_shape(

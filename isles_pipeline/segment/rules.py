@@ -20,7 +20,8 @@ import cc3d
 import numpy as np
 import torch
 
-from isles_pipeline.segment.base import resolve_device
+from isles_pipeline.nifti import voxel_sizes_mm, voxel_volume_ml
+from isles_pipeline.segment.base import check_segment_inputs, resolve_device
 
 # Typical normal-brain ADC, in each unit a file may use (value = the brain median in that unit).
 ADC_UNIT_BRAIN_MEDIAN = {"1e-3 mm^2/s": 1.0, "1e-6 mm^2/s": 1000.0}
@@ -45,21 +46,15 @@ class RuleParams:
             raise ValueError(f"dwi_factor must be > 0, edge_erosion_mm and min_lesion_ml >= 0: {self}")
 
 
-def voxel_sizes_mm(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel edge length along each array axis: column norms of ``affine[:3, :3]`` (oblique-safe)."""
-    return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))
-
-
 def erosion_radii(affine: np.ndarray, margin_mm: float) -> tuple[int, int, int]:
     """Half-widths in voxels of a box that reaches ``margin_mm`` along each axis (rounded half up)."""
     return tuple(int(math.floor(margin_mm / size + 0.5)) for size in voxel_sizes_mm(affine))
 
 
 def min_lesion_voxels(affine: np.ndarray, min_ml: float) -> int:
-    """Smallest voxel count whose volume reaches ``min_ml`` (voxel ml = |det(affine[:3,:3])| / 1000)."""
-    voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000.0
+    """Smallest voxel count whose volume reaches ``min_ml``."""
     # The 1e-9 guards against 0.1 / 0.001 landing a hair above an integer.
-    return max(1, math.ceil(min_ml / voxel_ml - 1e-9))
+    return max(1, math.ceil(min_ml / voxel_volume_ml(affine) - 1e-9))
 
 
 # ---------------------------------------------------------------- tensor helpers (any device)
@@ -195,14 +190,12 @@ class RuleSegmenter:
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Boolean lesion mask of the input's shape, from float DWI and ADC on the grid ``affine``."""
-        if dwi.shape != adc.shape or dwi.ndim != 3:
-            raise ValueError(f"dwi {dwi.shape} and adc {adc.shape} must be 3-D arrays of one shape")
-        if np.asarray(affine).shape != (4, 4):
-            raise ValueError(f"affine must be 4x4, got shape {np.asarray(affine).shape}")
+        check_segment_inputs(dwi, adc, affine)
         clock = _StageClock(self.device)
         dwi_t, adc_t = self._upload(dwi), self._upload(adc)
         clock.lap("upload")
-        brain = self._brain_mask(dwi_t, affine)
+        radii = erosion_radii(affine, self.params.edge_erosion_mm)
+        brain = self._brain_mask(dwi_t, radii)
         clock.lap("brain_mask")
         unit, scale, tissue, dwi_median, adc_median = self._brain_statistics(dwi_t, adc_t, brain)
         clock.lap("statistics")
@@ -218,7 +211,7 @@ class RuleSegmenter:
             "adc_scale": scale,  # input ADC = scale x ADC in 10^-3 mm^2/s
             "brain_median_adc": adc_median,
             "brain_median_dwi": dwi_median,
-            "erosion_radii_voxels": erosion_radii(affine, self.params.edge_erosion_mm),
+            "erosion_radii_voxels": radii,
             "min_lesion_voxels": min_voxels,
             "brain_voxels": int(brain.sum()),
             "tissue_voxels": int(tissue.sum()),
@@ -239,11 +232,12 @@ class RuleSegmenter:
             tensor = torch.nan_to_num(tensor, nan=0.0, posinf=0.0, neginf=0.0)
         return tensor
 
-    def _brain_mask(self, dwi: torch.Tensor, affine: np.ndarray) -> torch.Tensor:
-        """DWI above Otsu's background threshold, largest component, holes filled, edge eroded."""
+    def _brain_mask(self, dwi: torch.Tensor, erosion: tuple[int, int, int]) -> torch.Tensor:
+        """DWI above Otsu's background threshold, largest component, holes filled, edge eroded by
+        ``erosion`` voxels along each axis."""
         foreground = (dwi > otsu_threshold(dwi)).cpu().numpy()
         head = torch.from_numpy(_largest_component_filled(foreground)).to(self.device)
-        return erode_box(head, erosion_radii(affine, self.params.edge_erosion_mm))
+        return erode_box(head, erosion)
 
     def _brain_statistics(
         self, dwi: torch.Tensor, adc: torch.Tensor, brain: torch.Tensor

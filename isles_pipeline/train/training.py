@@ -10,7 +10,6 @@ sidecar), and the held-out Dice of that very module run through the segmenter wi
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
 import time
@@ -84,7 +83,6 @@ class TrainResult:
 
     losses: list[float]  # mean training loss per epoch
     held_out_dice: dict[str, float]  # case id -> Dice of the exported module via NetworkSegmenter
-    epochs: int
     module: torch.jit.ScriptModule
     arch: str
     network_kwargs: dict[str, object]
@@ -92,6 +90,10 @@ class TrainResult:
     seconds: float
     train_case_ids: list[str] = field(default_factory=list)
     inference: dict[str, object] = field(default_factory=dict)  # NetworkSegmenter options to run it with
+
+    @property
+    def epochs(self) -> int:
+        return len(self.losses)
 
     @property
     def mean_held_out_dice(self) -> float:
@@ -195,7 +197,7 @@ def train_segmenter(
         raise ValueError("no training cases")
     start = time.perf_counter()
     device = resolve_device(config.device)
-    _seed_everything(config.seed)
+    set_determinism(seed=config.seed)  # seeds torch, numpy and random; deterministic cuDNN
     rng = np.random.default_rng(config.seed)
     prepared = [prepare_case(case, config, device) for case in cases]
     kwargs = network_kwargs(config)
@@ -207,7 +209,6 @@ def train_segmenter(
     return TrainResult(
         losses=losses,
         held_out_dice=dice,
-        epochs=config.epochs,
         module=module,
         arch=config.arch,
         network_kwargs=kwargs,
@@ -216,13 +217,6 @@ def train_segmenter(
         train_case_ids=[case.case_id for case in cases],
         inference=inference_options(config),
     )
-
-
-def _seed_everything(seed: int) -> None:
-    """Seed torch, numpy and MONAI and ask for deterministic cuDNN kernels."""
-    set_determinism(seed=seed)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
 
 
 def _fit(
@@ -247,8 +241,7 @@ def _fit(
         for _ in range(config.steps_per_epoch):
             images, labels = _batch(cases, config, rng)
             optimiser.zero_grad(set_to_none=True)
-            autocast = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
-            with autocast:
+            with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(images), labels)
             scaler.scale(loss).backward()
             scaler.step(optimiser)

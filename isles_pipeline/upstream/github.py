@@ -125,10 +125,11 @@ class IssueWatcher:
     token: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls, timeout_s: float = DEFAULT_TIMEOUT_S) -> IssueWatcher:
-        """API URL from ``GITHUB_API_URL`` (default api.github.com), token from ``GITHUB_TOKEN``."""
+    def from_env(cls, timeout_s: float = DEFAULT_TIMEOUT_S, api_url: str | None = None) -> IssueWatcher:
+        """Token from ``GITHUB_TOKEN``; API URL ``api_url``, else ``GITHUB_API_URL``, else
+        api.github.com."""
         return cls(
-            api_url=os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL,
+            api_url=api_url or os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL,
             timeout_s=timeout_s,
             token=os.environ.get("GITHUB_TOKEN") or None,
         )
@@ -168,12 +169,11 @@ class IssueWatcher:
         except urllib.error.HTTPError as error:
             with error:
                 return _RawResponse(error.code, error.headers, _read_capped(error))
-        except TimeoutError:
-            return FetchFailure("timeout", f"timed out after {self.timeout_s:g} s")
-        except urllib.error.URLError as error:
-            if isinstance(error.reason, TimeoutError):
+        except (TimeoutError, urllib.error.URLError) as error:
+            reason = getattr(error, "reason", error)  # URLError wraps the socket's error
+            if isinstance(reason, TimeoutError):
                 return FetchFailure("timeout", f"timed out after {self.timeout_s:g} s")
-            return FetchFailure("network", f"cannot reach {request.full_url}: {error.reason}")
+            return FetchFailure("network", f"cannot reach {request.full_url}: {reason}")
         except (OSError, ValueError, http.client.HTTPException) as error:  # resets, bad URLs
             return FetchFailure("network", f"{type(error).__name__}: {error}")
 

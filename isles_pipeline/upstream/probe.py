@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -53,14 +53,6 @@ class ProbeFileSpec:
     row_group_rows: int = 100
     payload_bytes: int = 200_000
 
-    @property
-    def approx_bytes(self) -> int:
-        """Roughly the file size (payloads dominate; random bytes do not compress)."""
-        return self.rows * self.payload_bytes
-
-
-UPSTREAM_FILE_SPEC = ProbeFileSpec(rows=500)  # upstream.md's file, ~100 MB
-
 
 @dataclass(frozen=True)
 class ChildResult:
@@ -74,7 +66,7 @@ class ChildResult:
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """The probe of the installed pyarrow."""
+    """The probe of the installed pyarrow: its version, then the child's ``ChildResult`` fields."""
 
     pyarrow_version: str
     outcome: Outcome
@@ -161,13 +153,7 @@ def run_probe(
     with tempfile.TemporaryDirectory(prefix="pyarrow-probe-", dir=workdir) as folder:
         path = write_probe_file(Path(folder) / "probe.parquet", spec)
         child = run_snippet(REPRO_SNIPPET, [str(path)], timeout_s, cwd=Path(folder))
-    return ProbeResult(
-        pyarrow_version=installed_pyarrow_version(),
-        outcome=child.outcome,
-        seconds=child.seconds,
-        returncode=child.returncode,
-        stderr_tail=child.stderr_tail,
-    )
+    return ProbeResult(pyarrow_version=installed_pyarrow_version(), **asdict(child))
 
 
 def _child_env() -> dict[str, str]:
