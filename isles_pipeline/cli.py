@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -147,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Progress and retry notices of the pipeline's own modules reach the terminal.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("isles_pipeline").setLevel(logging.INFO)
     try:
         return args.run(args)
     except KeyboardInterrupt:

@@ -39,7 +39,7 @@ def ensure_replica(folder: Path, case_ids: list[str], grid: str, ctp_mb: float) 
     manifest_path = folder / "replica.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("case_ids") == case_ids and manifest.get("grid") == grid:
+        if manifest.get("case_ids") == case_ids and manifest.get("grid", {}).get("name") == grid and manifest.get("ctp_mb") == ctp_mb:
             print(f"replica: reusing {folder} ({len(case_ids)} cases, grid {grid})")
             return manifest
         shutil.rmtree(folder)

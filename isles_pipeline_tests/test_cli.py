@@ -90,3 +90,13 @@ def test_demo_runs_the_whole_chain_offline_and_prints_the_report(tmp_path):
     assert (tmp_path / "isles" / "dagster_home" / "dagster.yaml").exists()
     # the runs are in the persistent instance that `dagster dev` will show
     assert any((tmp_path / "isles" / "dagster_home" / "storage").iterdir())
+
+
+def test_demo_reuses_its_replica_on_a_second_run(tmp_path):
+    args = ("demo", "--cases", "1", "--grid", "tiny", "--ctp-mb", "0.1", "--home", str(tmp_path / "isles"))
+    first, second = cli(*args), cli(*args)
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert "replica: building 1 synthetic cases" in first.stdout
+    assert "replica: reusing" in second.stdout
+    # the second run found the shard unchanged and its files intact: nothing was downloaded
+    assert "fetched 0.0 MB in 0 requests" in second.stdout
