@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -188,3 +191,18 @@ def test_a_good_batch_records_one_materialisation_per_case_with_its_own_metadata
         on_disk = json.loads((tmp_path / "data" / "cases" / case_id / "metrics.json").read_text())
         assert scored["dice"] == on_disk["dice"]
     assert not (tmp_path / "io").exists() or not any((tmp_path / "io").rglob("*"))
+
+
+def test_automation_starts_stopped_unless_the_deployment_turns_it_on():
+    probe = (
+        "from isles_pipeline.definitions import defs;"
+        "print(defs.get_schedule_def('case_backfill_schedule').default_status.value,"
+        " defs.get_sensor_def('arrow_issue_sensor').default_status.value)"
+    )
+    statuses = {}
+    for setting in ("", "on"):
+        env = {**os.environ, "ISLES_AUTOMATION": setting}
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        statuses[setting] = done.stdout.split()
+    assert statuses == {"": ["STOPPED", "STOPPED"], "on": ["RUNNING", "RUNNING"]}

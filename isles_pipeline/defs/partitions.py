@@ -1,5 +1,7 @@
 """One static partition per ISLES'24 case, in catalogue (= shard) order."""
 
+import os
+
 import dagster as dg
 
 from ..catalogue import CASE_IDS
@@ -30,3 +32,10 @@ def chain_statuses(instance: dg.DagsterInstance) -> dict[str, dict[str, dg.Asset
         asset: instance.get_status_by_partition(dg.AssetKey(asset), list(CASE_IDS), case_partitions) or {}
         for asset in CASE_CHAIN_KEYS
     }
+
+
+def automation_on() -> bool:
+    """``ISLES_AUTOMATION=on`` starts the nightly backfill and the upstream sensor with the code
+    location (a production deployment); otherwise they wait for a click in the UI, so that a
+    laptop or a test never polls GitHub or starts a 149-case backfill by itself."""
+    return os.environ.get("ISLES_AUTOMATION", "").strip().lower() in ("1", "on", "true", "yes")

@@ -15,7 +15,7 @@ from ..catalogue import CASE_IDS
 from ..failures import read_failures
 from ..store import CaseStore
 from .jobs import case_chain_job, report_job
-from .partitions import CASE_CHAIN_KEYS, CASES_PER_RUN, chain_statuses, range_tags
+from .partitions import CASE_CHAIN_KEYS, CASES_PER_RUN, automation_on, chain_statuses, range_tags
 from .resources import CaseStoreResource
 
 BACKFILL_CRON = os.environ.get("ISLES_BACKFILL_CRON", "0 2 * * *")
@@ -77,7 +77,7 @@ def run_request(cases: list[str], tick: str, reason: str) -> dg.RunRequest:
 @dg.schedule(
     cron_schedule=BACKFILL_CRON,
     job=case_chain_job,
-    default_status=dg.DefaultScheduleStatus.STOPPED,
+    default_status=dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED,
     description="Nightly: fetch, segment and score every case that is not done yet, several per run; "
     "cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
 )

@@ -33,6 +33,7 @@ from ..upstream.probe import (
     installed_pyarrow_version,
     run_probe,
 )
+from .partitions import automation_on
 
 PROBE_ASSET = "pyarrow_hang_probe"
 PROBE_CHECK = "probe_agrees_with_issue"
@@ -279,7 +280,7 @@ pyarrow_probe_job = dg.define_asset_job(
 @dg.sensor(
     job=pyarrow_probe_job,
     minimum_interval_seconds=WATCH_INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.STOPPED,
+    default_status=dg.DefaultSensorStatus.RUNNING if automation_on() else dg.DefaultSensorStatus.STOPPED,
     description="Polls apache/arrow#45214 (conditional requests) and requests a probe when the "
                 "issue state or the installed pyarrow changes. Off by default.",
 )
