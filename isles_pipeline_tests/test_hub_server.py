@@ -535,3 +535,21 @@ def test_serve_forever_prints_url_and_stops_on_ctrl_c(dataset_dir: Path) -> None
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_digests_outlive_the_process_through_the_journal(tmp_path: Path) -> None:
+    """A restarted server reads digests from its journal instead of hashing the files again."""
+    from isles_pipeline.hub.repo import DigestCache, file_sha256
+
+    data = tmp_path / "repo" / "data" / "x.parquet"
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"a" * 4096)
+    journal = tmp_path / "repo" / ".cache" / "digests.jsonl"
+    first = file_sha256(data, DigestCache(journal))
+    assert first == hashlib.sha256(b"a" * 4096).hexdigest()
+    # same size and mtime, other bytes: only a digest read from the journal still says "a"*4096
+    stat = data.stat()
+    data.write_bytes(b"b" * 4096)
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert file_sha256(data, DigestCache(journal)) == first
+    assert file_sha256(data, DigestCache()) == hashlib.sha256(b"b" * 4096).hexdigest()

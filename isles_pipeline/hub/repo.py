@@ -8,6 +8,8 @@ once, not on every request.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import re
 import threading
@@ -22,9 +24,13 @@ from isles_pipeline.store import TMP_MARK
 REPO_TYPES: tuple[str, ...] = ("dataset", "model")
 DEFAULT_REVISION = "main"
 LFS_THRESHOLD_BYTES = 1 << 20  # files above 1 MiB (and every parquet file) are served as LFS
+logger = logging.getLogger(__name__)
+
 # Folders a local snapshot may contain that are not part of the repo.
 IGNORED_DIRS = frozenset({".git", ".cache"})
 HASH_CHUNK_BYTES = 1 << 20
+# Where ``isles-pipeline hub serve`` keeps the digests of a served folder (inside an ignored folder).
+DIGEST_JOURNAL = Path(".cache") / "isles-hub-digests.jsonl"
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,12 +38,33 @@ HASH_CHUNK_BYTES = 1 << 20
 
 
 class DigestCache:
-    """Digests of files keyed by (path, size, mtime_ns): a 300 MB file is hashed once, not per request."""
+    """Digests of files keyed by (path, size, mtime_ns): a 300 MB file is hashed once, not per request.
 
-    def __init__(self) -> None:
+    With ``journal`` (a JSON-lines file), digests also outlive the process: a mirror of the whole
+    dataset (~99 GB) is hashed on its first listing only, not every time the server starts.
+    """
+
+    def __init__(self, journal: Path | None = None) -> None:
         self._lock = threading.Lock()
         self._digests: dict[tuple[str, str, int, int], str] = {}
         self._key_locks: dict[tuple[str, str, int, int], threading.Lock] = {}
+        self._journal = journal
+        if journal is not None and journal.exists():
+            for line in journal.read_text().splitlines():
+                algorithm, abs_path, size, mtime_ns, value = json.loads(line)
+                self._digests[(algorithm, abs_path, size, mtime_ns)] = value
+
+    def _remember(self, key: tuple[str, str, int, int], value: str) -> None:
+        self._digests[key] = value
+        if self._journal is None:
+            return
+        try:
+            self._journal.parent.mkdir(parents=True, exist_ok=True)
+            with self._journal.open("a") as journal:
+                journal.write(json.dumps([*key, value]) + "\n")
+        except OSError as exc:  # a read-only mirror: keep serving, hash again next start
+            logger.warning("cannot record digests in %s (%s); they will be computed again next time", self._journal, exc)
+            self._journal = None
 
     def digest(self, algorithm: str, abs_path: str, size: int, mtime_ns: int) -> str:
         """Hex digest of the file: ``algorithm`` is "sha256" or "git-blob" (git's blob sha1)."""
@@ -52,7 +79,7 @@ class DigestCache:
                     return self._digests[key]
             value = _hash_file(algorithm, abs_path, size)
             with self._lock:
-                self._digests[key] = value
+                self._remember(key, value)
                 self._key_locks.pop(key, None)
         return value
 

@@ -32,6 +32,7 @@ from isles_pipeline.catalogue import DEFAULT_REPO_ID
 
 from .repo import (
     DEFAULT_REVISION,
+    DIGEST_JOURNAL,
     SHARED_DIGESTS,
     DigestCache,
     LocalRepo,
@@ -535,9 +536,10 @@ def start_in_thread(
     host: str = "127.0.0.1",
     port: int = 0,
     models: dict[str, Path] | None = None,
+    digests: DigestCache = SHARED_DIGESTS,
 ) -> HubServer:
     """Serve ``root`` as ``repo_id`` (plus model repos ``models``: repo id -> folder) in a daemon thread."""
-    server = HubServer(host=host, port=port)
+    server = HubServer(host=host, port=port, digests=digests)
     server.add_repo(repo_type, repo_id, Path(root))
     for model_id, folder in (models or {}).items():
         server.add_repo("model", model_id, Path(folder))
@@ -552,8 +554,11 @@ def serve_forever(
     port: int = 8000,
     models: dict[str, Path] | None = None,
 ) -> None:
-    """Serve until Ctrl-C, then shut down cleanly; prints ``Serving <repo> from <root> at <url>``."""
-    server = start_in_thread(root, repo_id, repo_type, host, port, models)
+    """Serve until Ctrl-C, then shut down cleanly; prints ``Serving <repo> from <root> at <url>``.
+
+    Digests are kept in ``<root>/.cache/`` so that a restart does not hash every shard again."""
+    digests = DigestCache(journal=Path(root) / DIGEST_JOURNAL)
+    server = start_in_thread(root, repo_id, repo_type, host, port, models, digests)
     print(f"Serving {repo_id} from {root} at {server.url}", flush=True)
     try:
         server.wait()
