@@ -74,6 +74,10 @@ class CaseStore:
                 digest.update(chunk)
         return digest.hexdigest()
 
+    def local_path(self, target: UPath) -> str | None:
+        """A plain filesystem path for tools that need one, or None for remote storage."""
+        return target.path if target.protocol in ("", "file", "local") else None
+
     def leftovers(self) -> Iterator[UPath]:
         """Temporary files left by an interrupted write (there should be none)."""
         if self.root.exists():
