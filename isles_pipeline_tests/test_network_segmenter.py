@@ -120,28 +120,27 @@ def blob_case(shape: tuple[int, int, int], affine: np.ndarray) -> tuple[np.ndarr
     return dwi.astype(np.float32), adc.astype(np.float32)
 
 
-def test_torchscript_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
+NET_KWARGS = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2, "init_filters": 4, "norm": ("GROUP", {"num_groups": 4})}
+
+
+def _save_torchscript(net: torch.nn.Module, folder: Path) -> Path:
+    return save_script(net, folder / "model.ts")
+
+
+def _save_state_dict(net: torch.nn.Module, folder: Path) -> Path:
+    path = folder / "fold0.pt"
+    path.write_bytes(state_dict_checkpoint_bytes("SegResNet", NET_KWARGS, net.state_dict()))
+    return path
+
+
+@pytest.mark.parametrize(("save", "kind"), [(_save_torchscript, "torchscript"), (_save_state_dict, "state_dict")])
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path, save, kind: str) -> None:
     torch.manual_seed(0)
-    net = SegResNet(spatial_dims=3, in_channels=2, out_channels=2, init_filters=4, norm=("GROUP", {"num_groups": 4}))
-    net.eval()
-    path = save_script(net, tmp_path / "model.ts")
-    loaded = load_checkpoint(path, CPU)
+    net = SegResNet(**NET_KWARGS).eval()
+    loaded = load_checkpoint(save(net, tmp_path), CPU)
     x = torch.randn(1, 2, 16, 16, 8)
     with torch.no_grad():
-        assert loaded.kind == "torchscript"
-        assert torch.equal(loaded.module(x), net(x))
-
-
-def test_state_dict_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
-    torch.manual_seed(1)
-    kwargs = {"spatial_dims": 3, "in_channels": 2, "out_channels": 2, "init_filters": 4, "norm": ("GROUP", {"num_groups": 4})}
-    net = SegResNet(**kwargs).eval()
-    path = tmp_path / "fold0.pt"
-    path.write_bytes(state_dict_checkpoint_bytes("SegResNet", kwargs, net.state_dict()))
-    loaded = load_checkpoint(path, CPU)
-    x = torch.randn(1, 2, 16, 16, 8)
-    with torch.no_grad():
-        assert loaded.kind == "state_dict"
+        assert loaded.kind == kind
         assert torch.equal(loaded.module(x), net(x))
 
 

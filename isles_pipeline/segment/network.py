@@ -151,11 +151,12 @@ class NetworkSegmenter:
         """The boolean lesion mask of one case on its input grid."""
         check_segment_inputs(dwi, adc, affine)
         models = self.load()
+        settings = self.settings  # settled by load()
         start = time.perf_counter()
         fallbacks: list[str] = []
         for device, batch in self._attempts():
             try:
-                mask, info = self._segment_on(dwi, adc, affine, models, device, batch)
+                mask, info = self._segment_on(dwi, adc, affine, models, settings, device, batch)
             except torch.OutOfMemoryError:
                 fallbacks.append(f"out of memory on {device} with sw_batch_size={batch}")
                 _release_cuda_cache()
@@ -179,10 +180,10 @@ class NetworkSegmenter:
         adc: np.ndarray,
         affine: np.ndarray,
         models: list[LoadedModel],
+        settings: InferenceSettings,
         device: torch.device,
         sw_batch_size: int,
     ) -> tuple[np.ndarray, dict[str, object]]:
-        settings = self.settings or NVAUTO
         input_shape = tuple(int(n) for n in dwi.shape)
         use_amp = self.amp and device.type == "cuda"
         with torch.inference_mode():
