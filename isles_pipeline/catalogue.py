@@ -62,7 +62,22 @@ class UnknownCaseError(KeyError):
     """A case id that is not one of the 149 ISLES'24 cases."""
 
     def __str__(self) -> str:
-        return f"unknown ISLES'24 case id {self.args[0]!r}: expected one of sub-stroke0001 .. sub-stroke0189"
+        near = " and ".join(nearest_case_ids(str(self.args[0])))
+        return f"unknown ISLES'24 case id {self.args[0]!r}; the nearest valid ids are {near}"
+
+
+def nearest_case_ids(case_id: str) -> list[str]:
+    """The catalogue ids on either side of ``case_id``'s number (sub-stroke0018 lies in a gap:
+    sub-stroke0017 and sub-stroke0019), or the closest spellings when it has no number."""
+    digits = "".join(ch for ch in case_id if ch.isdigit())
+    if not digits:
+        import difflib
+
+        return difflib.get_close_matches(case_id, CASE_IDS, n=2, cutoff=0.0)
+    number = int(digits)
+    below = [c for c in CASE_IDS if int(c[-4:]) < number][-1:]
+    above = [c for c in CASE_IDS if int(c[-4:]) > number][:1]
+    return below + above
 
 
 def shard_index(case_id: str) -> int:

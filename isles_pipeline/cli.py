@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,16 +46,26 @@ def _add_hub(sub: argparse._SubParsersAction) -> None:
     serve = hub.add_subparsers(dest="hub_command", required=True).add_parser("serve", help="serve ROOT on 127.0.0.1")
     serve.add_argument("root", type=Path, help="the dataset repo folder (holds data/*.parquet)")
     serve.add_argument("--repo", default=DEFAULT_REPO_ID, help="the dataset repo id it answers for")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for a LAN mirror: no authentication)")
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--model", action="append", default=[], metavar="REPO_ID=DIR", help="also serve a model repo (repeatable)")
+    serve.add_argument("--faults", action="store_true", help="enable fault injection through /_admin (tests and drills only)")
     serve.set_defaults(run=_hub_serve)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not a TCP port (0-65535)")
+    return int(text)
 
 
 def _hub_serve(args: argparse.Namespace) -> int:
     from .hub.server import serve_forever
 
+    if not args.root.is_dir():
+        raise ValueError(f"{args.root} is not a folder (build one with: isles-pipeline replica build {args.root})")
     models = dict(_split_model(spec) for spec in args.model)
-    serve_forever(args.root, repo_id=args.repo, port=args.port, models=models or None)
+    serve_forever(args.root, repo_id=args.repo, host=args.host, port=args.port, models=models or None, faults=args.faults)
     return 0
 
 
@@ -78,10 +90,12 @@ def _add_fetch(sub: argparse._SubParsersAction) -> None:
 def _fetch(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from .catalogue import shard_index
     from .inputs import fetch_case
     from .source import ShardReader, ShardSource
     from .store import CaseStore
 
+    shard_index(args.case_id)  # an unknown id fails here, before any request
     source = ShardSource.from_env()
     overrides = {k: v for k, v in {"repo_id": args.repo, "revision": args.revision, "endpoint": args.endpoint}.items() if v}
     result = fetch_case(ShardReader(replace(source, **overrides)), CaseStore(args.out), args.case_id, force=args.force)
@@ -94,10 +108,24 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--dwi", required=True, type=Path)
     seg.add_argument("--adc", required=True, type=Path)
     seg.add_argument("--out", required=True, type=Path, help="predicted mask, .nii.gz")
-    seg.add_argument("--segmenter", default="rules", help="rules (weight-free) or network")
-    seg.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    seg.add_argument("--segmenter", default="rules", type=_segmenter, help="rules (weight-free) or network")
+    seg.add_argument("--device", default="auto", type=_device, help="auto, cpu or cuda[:N]")
     seg.add_argument("--checkpoint", default=None, help="network segmenter: checkpoint path(s) or Hub model repo id")
     seg.set_defaults(run=_segment)
+
+
+def _segmenter(name: str) -> str:
+    from .segment.registry import SEGMENTERS
+
+    if name not in SEGMENTERS:
+        raise argparse.ArgumentTypeError(f"unknown segmenter {name!r}: expected one of {', '.join(SEGMENTERS)}")
+    return name
+
+
+def _device(spec: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", spec.strip().lower()):
+        raise argparse.ArgumentTypeError(f"unknown device {spec!r}: expected auto, cpu, cuda or cuda:N")
+    return spec.strip().lower()
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -124,12 +152,20 @@ def _score(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo = sub.add_parser("demo", help="run the whole pipeline on a local replica, offline, and print the report")
-    demo.add_argument("--cases", type=int, default=8, help="number of cases (default 8)")
+    demo.add_argument("--cases", type=_case_count, default=8, help="number of cases (default 8)")
     demo.add_argument("--home", type=Path, default=Path(".isles"), help="working folder: replica, data, DAGSTER_HOME (default .isles)")
     demo.add_argument("--grid", default="demo", help="replica grid: tiny, demo or real")
     demo.add_argument("--ctp-mb", type=float, default=20.0)
-    demo.add_argument("--segmenter", default=None, help="default ISLES_SEGMENTER or rules")
+    demo.add_argument("--segmenter", default=None, type=_segmenter, help="default ISLES_SEGMENTER or rules")
     demo.set_defaults(run=_demo)
+
+
+def _case_count(text: str) -> int:
+    from .catalogue import CASE_IDS
+
+    if not text.isdigit() or not 1 <= int(text) <= len(CASE_IDS):
+        raise argparse.ArgumentTypeError(f"--cases must be a number from 1 to {len(CASE_IDS)}, got {text!r}")
+    return int(text)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -156,8 +192,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except (ValueError, KeyError, OSError, RuntimeError) as exc:
-        print(f"isles-pipeline {args.command}: error: {exc}", file=sys.stderr)
+        print(f"isles-pipeline {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:  # a bug: still one line, the traceback on request
+        if os.environ.get("ISLES_DEBUG"):
+            raise
+        print(f"isles-pipeline {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(please report it; ISLES_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 600 else text[:600] + " ..."
 
 
 if __name__ == "__main__":

@@ -19,9 +19,6 @@ from pathlib import Path
 
 from .catalogue import CASE_IDS, DEFAULT_REPO_ID
 
-# Offline by construction: never reach out for telemetry or the Xet protocol.
-QUIET_HUB_ENV = {"HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1", "DAGSTER_DISABLE_TELEMETRY": "1"}
-
 
 def prepare_dagster_home(home: Path) -> Path:
     """A DAGSTER_HOME holding the project's instance config (GPU pool of 1, modest run concurrency)."""
@@ -80,7 +77,6 @@ def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.
     with server:
         print(f"hub: serving {replica} at {server.url}")
         env = {
-            **QUIET_HUB_ENV,
             "HF_ENDPOINT": server.url,
             "ISLES_DATA_DIR": str(data_dir),
             "DAGSTER_HOME": str(dagster_home),

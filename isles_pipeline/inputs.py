@@ -8,7 +8,7 @@ A re-run on an unchanged shard whose files are intact skips the download.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import nibabel as nib
 
@@ -47,6 +47,7 @@ class CaseManifest:
     shape: tuple[int, ...]
     voxel_size_mm: tuple[float, ...]
     lesion_ml: float
+    nonfinite_voxels: dict[str, int] = field(default_factory=dict)  # NaN/inf voxels, read as background
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -83,6 +84,7 @@ class FetchResult:
             "shape": list(m.shape),
             "voxel_size_mm": [round(v, 4) for v in m.voxel_size_mm],
             "lesion_ml": round(m.lesion_ml, 4),
+            "nonfinite_voxels": dict(m.nonfinite_voxels),
             "files": {col: {"name": f.name, "sha256": f.sha256, "bytes": f.size} for col, f in m.files.items()},
         }
 
@@ -96,13 +98,15 @@ def files_intact(store: CaseStore, manifest: CaseManifest) -> bool:
     return all(store.sha256(store.case_path(manifest.case_id, f.name)) == f.sha256 for f in manifest.files.values())
 
 
-def fetch_case(reader: ShardReader, store: CaseStore, case_id: str, force: bool = False) -> FetchResult:
-    """Make the case's input files present and current in the store."""
+def fetch_case(
+    reader: ShardReader, store: CaseStore, case_id: str, force: bool = False, columns: tuple[str, ...] = IMAGE_COLUMNS
+) -> FetchResult:
+    """Make the case's input files of ``columns`` present and current in the store."""
     identity = reader.identify(case_id)
     previous = read_manifest(store, case_id)
-    if not force and previous and previous.shard_oid == identity.oid and files_intact(store, previous):
+    if not force and previous and previous.shard_oid == identity.oid and set(columns) <= set(previous.files) and files_intact(store, previous):
         return FetchResult(previous, skipped=True, transfer=Transfer())
-    shard = reader.read_case(case_id, identity)
+    shard = reader.read_case(case_id, identity, columns)
     manifest = _write_case(store, shard, reader.source.repo_id)
     return FetchResult(manifest, skipped=False, transfer=shard.transfer)
 
@@ -110,8 +114,7 @@ def fetch_case(reader: ShardReader, store: CaseStore, case_id: str, force: bool 
 def _write_case(store: CaseStore, shard: CaseShard, repo_id: str) -> CaseManifest:
     """Each file is written atomically, the manifest last: a manifest always describes whole files."""
     case_id, files = shard.identity.case_id, {}
-    for column in IMAGE_COLUMNS:
-        data = shard.files[column]
+    for column, data in shard.files.items():
         name = file_name(column, data)
         store.write_bytes(store.case_path(case_id, name), data)
         files[column] = CaseFile(name, sha256_hex(data), len(data))
@@ -134,12 +137,13 @@ def _manifest(shard: CaseShard, repo_id: str, files: dict[str, CaseFile]) -> Cas
         shape=shard.grid.shape,
         voxel_size_mm=shard.grid.voxel_size_mm,
         lesion_ml=shard.lesion_ml,
+        nonfinite_voxels=shard.nonfinite,
     )
 
 
 class MissingInputsError(FileNotFoundError):
-    def __init__(self, case_id: str, store: CaseStore):
-        super().__init__(f"case {case_id}: no input files in {store.case_path(case_id)}; materialise case_inputs for it first")
+    def __init__(self, case_id: str, store: CaseStore, what: str = "no input files"):
+        super().__init__(f"case {case_id}: {what} in {store.case_path(case_id)}; materialise case_inputs for it first")
 
 
 def read_case_images(
@@ -149,6 +153,9 @@ def read_case_images(
     manifest = read_manifest(store, case_id)
     if manifest is None:
         raise MissingInputsError(case_id, store)
+    absent = [c for c in columns if c not in manifest.files]
+    if absent:
+        raise MissingInputsError(case_id, store, f"no {', '.join(absent)} among the stored inputs ({', '.join(manifest.files)})")
     return {
         column: nifti.decode(store.read_bytes(store.case_path(case_id, manifest.files[column].name)), f"case {case_id} {column}")
         for column in columns

@@ -1,8 +1,8 @@
-"""Retrying transient network faults with exponential backoff and jitter.
+"""Retrying the one Hub call that ``huggingface_hub`` does not retry itself: repo info.
 
-``HfFileSystem`` retries range reads and tree listings itself, but not repo-info or paths-info
-calls, and not a connection that drops in the middle of a body; this fills those gaps.
-Bad data and "not found" are never retried: retrying cannot fix them.
+Range reads and tree listings are retried by the client (see :mod:`isles_pipeline.hub_client`);
+wrapping them again would multiply the attempts. Bad data, "not found", 4xx and unresolvable
+hosts are never retried: a later attempt cannot fix them.
 """
 
 from __future__ import annotations
@@ -13,21 +13,18 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-import httpx2
-from huggingface_hub.errors import HfHubHTTPError
+from .hub_client import HubError, classify
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-TRANSIENT_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
-
 
 def is_transient(exc: BaseException) -> bool:
     """True for faults that a later attempt may not meet: 408/429/5xx, resets, timeouts."""
-    if isinstance(exc, HfHubHTTPError):
-        status = getattr(exc.response, "status_code", None) if exc.response is not None else None
-        return status in TRANSIENT_STATUS
-    return isinstance(exc, (httpx2.TransportError, ConnectionError, TimeoutError))
+    if isinstance(exc, HubError):
+        return exc.transient
+    known = classify(exc)
+    return known is not None and known[1]
 
 
 def backoff_delays(attempts: int, base_s: float, max_s: float, rng: random.Random | None = None) -> list[float]:

@@ -27,16 +27,12 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session", autouse=True)
 def hub_client_env(tmp_path_factory):
-    """No token, no telemetry, no Xet, a private HF_HOME: the client talks only to our servers."""
+    """No token and a fresh HF_HOME, as on a new machine; otherwise the client's defaults
+    (telemetry and Xet included) stay as a user has them."""
     saved = dict(os.environ)
     for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "GITHUB_TOKEN", "ISLES_DATA_DIR", "ISLES_HF_REPO", "ISLES_HF_REVISION"):
         os.environ.pop(key, None)
-    os.environ.update(
-        HF_HUB_DISABLE_XET="1",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        DAGSTER_DISABLE_TELEMETRY="1",
-        HF_HOME=str(tmp_path_factory.mktemp("hf_home")),
-    )
+    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
     yield
     os.environ.clear()
     os.environ.update(saved)
@@ -63,10 +59,17 @@ def replica_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture()
 def hub(replica_dir):
-    """The local Hub server serving the replica as the real dataset repo id (fresh per test)."""
+    """The local Hub server serving the replica as the real dataset repo id (fresh per test,
+    faults allowed). A test fails if the client called a route the server does not know."""
     from isles_pipeline.hub.server import HubServer
 
-    server = HubServer(host="127.0.0.1", port=0)
+    server = HubServer(host="127.0.0.1", port=0, faults=True)
     server.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
     with server:
         yield server
+    assert_only_known_routes(server)
+
+
+def assert_only_known_routes(server) -> None:
+    unknown = sorted({f"{r.method} {r.path}" for r in server.stats.log if r.route_kind == "other"})
+    assert not unknown, f"the client called routes the local Hub server does not implement: {unknown}"

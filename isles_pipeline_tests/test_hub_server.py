@@ -25,23 +25,23 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-# Read by huggingface_hub at import: keep the client off Xet and telemetry in this process.
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
-from huggingface_hub import HfFileSystem, hf_hub_download  # noqa: E402
-from huggingface_hub.errors import (  # noqa: E402
+from huggingface_hub import HfFileSystem, hf_hub_download
+from huggingface_hub.errors import (
     EntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
-from isles_pipeline.hub.server import (  # noqa: E402
+from isles_pipeline.hub.server import (
+    AGENT_HARNESSES,
+    MAX_BODY_BYTES,
     AdminClient,
     HubServer,
     RangeNotSatisfiable,
     parse_byte_range,
 )
+
+from .conftest import assert_only_known_routes
 
 DATASET = "org/tiny-ds"
 MODEL = "org/tiny-model"
@@ -55,14 +55,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def hub_client_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
 
 
 @pytest.fixture
@@ -91,10 +83,11 @@ def model_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def server(dataset_dir: Path, model_dir: Path):
-    with HubServer() as hub:
+    with HubServer(faults=True) as hub:
         hub.add_repo("dataset", DATASET, dataset_dir)
         hub.add_repo("model", MODEL, model_dir)
         yield hub
+    assert_only_known_routes(hub)
 
 
 @pytest.fixture
@@ -294,9 +287,11 @@ def test_resolve_headers_and_head(server: HubServer, dataset_dir: Path) -> None:
 
 def test_agent_harnesses_and_unknown_routes(server: HubServer) -> None:
     status, _, body = http_get(f"{server.url}/api/agent-harnesses")
-    assert (status, body) == (200, b"[]")
+    assert (status, json.loads(body)) == (200, AGENT_HARNESSES) == (200, {"standardEnvVars": [], "harnesses": {}})
     assert http_get(f"{server.url}/no/such/route")[0] == 404
     assert http_get(shard_url(server), method="POST")[0] == 405
+    assert [r.path for r in server.stats.log if r.route_kind == "other"] == ["/no/such/route"]
+    server.reset_stats()  # the fixture fails a test whose client called an unknown route
 
 
 @given(size=st.integers(0, 300), first=st.integers(0, 400), span=st.integers(-3, 400))
@@ -323,7 +318,7 @@ def test_stats_count_one_range_read_exactly(server: HubServer, fs: HfFileSystem)
         assert len(f.read(100)) == 100
     stats = server.stats
     assert stats.total_requests == 1
-    assert stats.requests_by_route == {"repo_info": 0, "tree": 0, "paths_info": 0, "resolve": 1, "other": 0}
+    assert stats.requests_by_route == {"repo_info": 0, "tree": 0, "paths_info": 0, "resolve": 1, "agent_harnesses": 0, "other": 0}
     assert (stats.range_requests, stats.bytes_sent) == (1, 100)
     (record,) = stats.log
     assert (record.method, record.route_kind, record.range, record.status, record.bytes_sent) == (
@@ -493,10 +488,14 @@ def test_admin_endpoints_steer_the_server(server: HubServer) -> None:
 # ---------------------------------------------------------------------------------- lifecycle
 
 
-def test_binds_loopback_only() -> None:
-    for host in ("0.0.0.0", "192.168.1.10", "example.org"):
-        with pytest.raises(ValueError):
+def test_binds_loopback_unless_told_and_refuses_what_is_not_an_ipv4_address() -> None:
+    assert HubServer().host == "127.0.0.1"
+    assert HubServer(host="0.0.0.0").host == "0.0.0.0"  # a LAN mirror, asked for explicitly
+    for host in ("example.org", "::1", "300.1.1.1"):
+        with pytest.raises(ValueError, match="must be an IPv4 address"):
             HubServer(host=host)
+    with pytest.raises(ValueError, match="port 70000 is not a TCP port"):
+        HubServer(port=70000)
 
 
 def test_stop_closes_keep_alive_connections(dataset_dir: Path) -> None:

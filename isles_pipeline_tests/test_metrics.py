@@ -4,7 +4,6 @@ real ISLES'22 mask."""
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -294,24 +293,20 @@ def test_sparse_joint_histogram_gives_the_same_scores(monkeypatch: pytest.Monkey
 
 # --- a real ISLES'22 ground-truth mask ---------------------------------------------------------
 
-ISLES22_DIR = Path(os.environ.get("ISLES22_DIR", "/work/shared/data/isles22"))
-REAL_MASK = ISLES22_DIR / "sub-strokecase0009" / "sub-strokecase0009_ses-0001_msk.nii.gz"
-needs_real_mask = pytest.mark.skipif(
-    not REAL_MASK.is_file(), reason=f"ISLES'22 mask not found at {REAL_MASK} (set ISLES22_DIR to the isles22 folder)"
-)
+@pytest.fixture(scope="module")
+def real_mask(isles22_dir) -> Path:
+    return isles22_dir / "sub-strokecase0009_ses-0001_msk.nii.gz"
 
 
-@needs_real_mask
-def test_real_mask_against_itself():
-    s = score_files(REAL_MASK, REAL_MASK)
+def test_real_mask_against_itself(real_mask):
+    s = score_files(real_mask, real_mask)
     assert (s.dice, s.f1_isles22, s.f1_isles24, s.avd_ml, s.lesion_count_diff) == (1.0, 1.0, 1.0, 0.0, 0)
     assert (s.gt_lesions, s.tp_isles22, s.tp_isles24) == (18, 18, 18)
     assert s.gt_ml == s.pred_ml == 523 * 0.008000000040691615  # 523 voxels, oblique 2 mm grid
 
 
-@needs_real_mask
-def test_real_mask_against_a_shifted_copy():
-    image = nifti.decode(REAL_MASK.read_bytes())
+def test_real_mask_against_a_shifted_copy(real_mask):
+    image = nifti.decode(real_mask.read_bytes())
     gt = nifti.as_mask(image)
     pred = np.roll(gt, (1, 1, 0), axis=(0, 1, 2))  # one voxel along i and j; nothing wraps
     s = score_masks(pred, gt, image.affine)

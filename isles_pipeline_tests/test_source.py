@@ -14,7 +14,7 @@ from isles_pipeline.hub.phantom import make_case
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.inputs import fetch_case, read_manifest
 from isles_pipeline.nifti import as_mask, voxel_volume_ml
-from isles_pipeline.source import CaseDataError, ShardReader, ShardSource, plan_ranges
+from isles_pipeline.source import CaseDataError, ShardReader, ShardSource
 from isles_pipeline.store import CaseStore
 
 CASE = CASE_IDS[1]
@@ -26,8 +26,14 @@ def shard_cells(replica_dir: Path, case_id: str) -> dict[str, bytes]:
 
 
 def needed_chunk_bytes(path: Path) -> int:
+    """Bytes of the needed columns' chunks, from the shard's own footer."""
     metadata = pq.read_metadata(path)
-    return sum(end - start for start, end in plan_ranges(metadata, NEEDED_COLUMNS, gap=0))
+    return sum(
+        metadata.row_group(g).column(i).total_compressed_size
+        for g in range(metadata.num_row_groups)
+        for i in range(metadata.num_columns)
+        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in NEEDED_COLUMNS
+    )
 
 
 def reader_for(server: HubServer, revision: str = "main") -> ShardReader:
@@ -116,7 +122,7 @@ def bad_repo(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("kind", sorted(EXPECTED_CAUSE))
 def test_bad_shard_fails_with_the_case_and_the_cause(kind, tmp_path):
     replica.write_rows(tmp_path / shard_path(CASE), bad_rows(CASE)[kind])
-    with HubServer() as server:
+    with HubServer(faults=True) as server:
         server.add_repo("dataset", DEFAULT_REPO_ID, tmp_path)
         store = CaseStore(tmp_path / "out")
         with pytest.raises(CaseDataError, match=f"^case {CASE}: {EXPECTED_CAUSE[kind]}") as caught:
@@ -130,7 +136,7 @@ def test_shard_without_a_needed_column_names_it(tmp_path):
     schema = schema.remove(schema.get_field_index("lesion_mask"))
     row = {k: v for k, v in replica.case_row(CASE, grid="tiny", ctp_mb=0.05).items() if k != "lesion_mask"}
     replica.write_shard(tmp_path / shard_path(CASE), row, schema=schema)
-    with HubServer() as server:
+    with HubServer(faults=True) as server:
         server.add_repo("dataset", DEFAULT_REPO_ID, tmp_path)
         with pytest.raises(CaseDataError, match=f"case {CASE}: shard lacks column\\(s\\) lesion_mask"):
             reader_for(server).read_case(CASE)
@@ -140,9 +146,9 @@ def test_not_a_parquet_file(tmp_path):
     target = tmp_path / shard_path(CASE)
     target.parent.mkdir(parents=True)
     target.write_bytes(b"<html>gateway timeout</html>" * 1000)
-    with HubServer() as server:
+    with HubServer(faults=True) as server:
         server.add_repo("dataset", DEFAULT_REPO_ID, tmp_path)
-        with pytest.raises(CaseDataError, match=f"case {CASE}: shard is not a parquet file"):
+        with pytest.raises(CaseDataError, match=f"case {CASE}: shard is not a readable parquet file"):
             reader_for(server).read_case(CASE)
 
 
@@ -180,7 +186,7 @@ def test_a_bad_new_shard_leaves_the_previous_good_files_intact(tmp_path):
     repo, out = tmp_path / "repo", CaseStore(tmp_path / "out")
     good = replica.case_row(CASE, grid="tiny", ctp_mb=0.05)
     replica.write_shard(repo / shard_path(CASE), good)
-    with HubServer() as server:
+    with HubServer(faults=True) as server:
         server.add_repo("dataset", DEFAULT_REPO_ID, repo)
         before = fetch_case(reader_for(server), out, CASE).manifest
         replica.write_shard(repo / shard_path(CASE), {**good, "adc": replica.cropped_cell(good["adc"])})

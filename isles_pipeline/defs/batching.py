@@ -1,28 +1,40 @@
 """Running a partitioned asset over the cases of a run: one case, or a batch of several.
 
 A backfill run carries several cases (see ``partitions.CASES_PER_RUN``) so that torch and the
-model load once per run. Each case gets its own metadata. When a case of a batch fails, the
-cases that succeeded are still recorded as materialised, the step then fails naming every
-failed case and its cause, and Dagster marks exactly those partitions as failed; the backfill
-schedule retries failed cases alone, so that one bad case cannot hold its batch back twice.
+model load once per run. Each case gets its own metadata, and one case's failure never stops
+the others. What happens to a failure depends on its kind, the same in one-case and batch runs:
+
+- a transient fault (:func:`~isles_pipeline.retry.is_transient`: the Hub answered 5xx/429/408,
+  timed out or dropped the connection after the client's own retries) makes the step ask
+  Dagster for a retry (``RetryRequested``, exponential backoff). The retry runs the step's cases
+  again; cases already done are cheap (an unchanged shard is not downloaded again), and cases
+  whose data proved bad in an earlier attempt of the run are not tried again;
+- anything else (bad data, a missing input, a read-only store, a bug) is final:
+  ``Failure(allow_retries=False)`` names every failed case and its cause.
+
+When a batch ends with failures, the cases that succeeded are still recorded as materialised
+and Dagster marks exactly the failed partitions as failed; the backfill schedule retries failed
+cases alone. Every failure's cause goes to the run log, the step's metadata and a note in the
+store (``failures.py``), which the report reads.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
-from ..failures import clear_failure, record_failure
-from ..inputs import MissingInputsError
-from ..nifti import NiftiError
-from ..source import CaseDataError
+from ..failures import clear_failure, read_failure, record_failure
+from ..retry import is_transient
 from ..store import CaseStore
 
-# Problems in the data itself: retrying the step cannot fix them.
-BAD_DATA_ERRORS = (CaseDataError, NiftiError, MissingInputsError)
+# A Hub outage that outlasts the client's own retries (about 23 s) is waited out this way:
+# 3 more attempts of the step, 15 s, 30 s, 60 s apart (+-25 %).
+TRANSIENT_RETRIES = 3
+RETRY_BASE_S = 15.0
 
 
 @dataclass
@@ -34,65 +46,70 @@ class CaseOutcome:
     check_results: list[dg.AssetCheckResult] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CaseFailure:
+    cause: str
+    transient: bool
+
+
 def describe(case_id: str, exc: BaseException) -> str:
-    text = str(exc)
+    """One line naming the case and the cause."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
     return text if case_id in text else f"case {case_id}: {type(exc).__name__}: {text}"
 
 
 def run_cases(context: dg.AssetExecutionContext, store: CaseStore, work: Callable[[str], CaseOutcome]) -> dg.MaterializeResult:
-    """Apply ``work`` to every case of the run and report the results the Dagster way.
-
-    A case's failure is also noted in the store (``failures.py``) so that the report can say why.
-    """
-    step = context.asset_key.to_user_string()
-
-    def tracked(case_id: str) -> CaseOutcome:
-        try:
-            outcome = work(case_id)
-        except Exception as exc:
-            record_failure(store, case_id, step, describe(case_id, exc), context.run.run_id)
-            raise
-        clear_failure(store, case_id, step)
-        return outcome
-
+    """Apply ``work`` to every case of the run and report the results the Dagster way."""
+    step, run_id = context.asset_key.to_user_string(), context.run.run_id
     keys = context.partition_keys
-    if len(keys) == 1:
-        return _run_one(keys[0], tracked)
-    return _run_batch(context, keys, tracked)
-
-
-def _run_one(case_id: str, work: Callable[[str], CaseOutcome]) -> dg.MaterializeResult:
-    try:
-        outcome = work(case_id)
-    except BAD_DATA_ERRORS as exc:
-        raise dg.Failure(description=describe(case_id, exc), allow_retries=False) from exc
-    return dg.MaterializeResult(
-        metadata=dict(outcome.metadata),
-        data_version=dg.DataVersion(outcome.data_version) if outcome.data_version else None,
-        check_results=outcome.check_results or None,
-    )
-
-
-def _run_batch(context: dg.AssetExecutionContext, keys: list[str], work: Callable[[str], CaseOutcome]):
     succeeded: dict[str, CaseOutcome] = {}
-    failures: dict[str, str] = {}
+    failures: dict[str, CaseFailure] = {}
     for index, case_id in enumerate(keys, start=1):
-        context.log.info(f"case {index} of {len(keys)}: {case_id}")
+        if len(keys) > 1:
+            context.log.info(f"case {index} of {len(keys)}: {case_id}")
+        earlier = read_failure(store, case_id, step)
+        if context.retry_number and earlier and earlier.get("run_id") == run_id and not earlier.get("transient"):
+            failures[case_id] = CaseFailure(earlier["cause"], transient=False)  # bad data stays bad
+            continue
         try:
             succeeded[case_id] = work(case_id)
         except Exception as exc:  # one case never stops the others
-            failures[case_id] = describe(case_id, exc)
-            context.log.error(failures[case_id])
+            failures[case_id] = CaseFailure(describe(case_id, exc), is_transient(exc))
+            record_failure(store, case_id, step, failures[case_id].cause, run_id, failures[case_id].transient)
+            context.log.error(failures[case_id].cause)
+            continue
+        clear_failure(store, case_id, step)
     if not failures:
-        # One materialisation per case, each with its own metadata; an empty result (not None,
-        # which would go to an IO manager) records them.
-        for case_id, outcome in succeeded.items():
-            context.add_asset_metadata(dict(outcome.metadata), partition_key=case_id)
-        return dg.MaterializeResult()
+        return _materialised(context, keys, succeeded)
+    if any(f.transient for f in failures.values()) and context.retry_number < TRANSIENT_RETRIES:
+        wait = RETRY_BASE_S * 2**context.retry_number * random.uniform(0.75, 1.25)
+        context.log.warning(f"{_count(failures, keys)}; transient, retrying the step in {wait:.0f} s "
+                            f"(retry {context.retry_number + 1} of {TRANSIENT_RETRIES})")
+        raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait)
     for case_id, outcome in succeeded.items():
         context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=case_id, metadata=dict(outcome.metadata)))
+    causes = {case_id: f.cause for case_id, f in failures.items()}
     raise dg.Failure(
-        description=f"{len(failures)} of {len(keys)} cases failed: " + "; ".join(failures.values()),
-        metadata={"failed_cases": dg.MetadataValue.json(failures)},
+        description=f"{_count(failures, keys)}: " + "; ".join(causes.values()),
+        metadata={"failed_cases": dg.MetadataValue.json(causes)},
         allow_retries=False,
     )
+
+
+def _count(failures: Mapping[str, CaseFailure], keys: list[str]) -> str:
+    return f"{len(failures)} of {len(keys)} cases failed" if len(keys) > 1 else f"case {keys[0]} failed"
+
+
+def _materialised(context: dg.AssetExecutionContext, keys: list[str], succeeded: dict[str, CaseOutcome]) -> dg.MaterializeResult:
+    if len(keys) == 1:
+        outcome = succeeded[keys[0]]
+        return dg.MaterializeResult(
+            metadata=dict(outcome.metadata),
+            data_version=dg.DataVersion(outcome.data_version) if outcome.data_version else None,
+            check_results=outcome.check_results or None,
+        )
+    # One materialisation per case, each with its own metadata; an empty result (not None,
+    # which would go to an IO manager) records them.
+    for case_id, outcome in succeeded.items():
+        context.add_asset_metadata(dict(outcome.metadata), partition_key=case_id)
+    return dg.MaterializeResult()

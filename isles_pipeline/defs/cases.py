@@ -8,10 +8,6 @@ from .batching import CaseOutcome, run_cases
 from .partitions import case_backfill_policy, case_partitions
 from .resources import CaseStoreResource, ShardSourceResource
 
-# Network faults that HfFileSystem and our own retries did not ride out get a few more tries,
-# spaced out; bad data raises Failure(allow_retries=False) and is never retried.
-network_retry_policy = dg.RetryPolicy(max_retries=3, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
-
 
 def fetch_metadata(result: FetchResult) -> dict:
     summary = result.summary()
@@ -31,13 +27,13 @@ def fetch_metadata(result: FetchResult) -> dict:
         "voxel_size_mm": str(tuple(summary["voxel_size_mm"])),
         "lesion_ml": dg.MetadataValue.float(float(summary["lesion_ml"])),
         **{f"sha256_{column}": f["sha256"] for column, f in files.items()},
+        **{f"nonfinite_{column}": dg.MetadataValue.int(n) for column, n in summary["nonfinite_voxels"].items()},
     }
 
 
 @dg.asset(
     partitions_def=case_partitions,
     backfill_policy=case_backfill_policy,
-    retry_policy=network_retry_policy,
     group_name="cases",
     kinds={"parquet", "nifti"},
     description="The case's DWI, ADC and lesion mask as .nii.gz files (the shard's original bytes), "

@@ -158,18 +158,35 @@ def is_lfs_path(path: str, size: int) -> bool:
     return size > LFS_THRESHOLD_BYTES or path.endswith(".parquet")
 
 
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + os.sep)
+
+
 def scan_folder(folder: Path) -> dict[str, FileStat]:
-    """Every file under ``folder`` by repo path, sorted; skips .git/.cache and half-written temp files."""
+    """Every file under ``folder`` by repo path, sorted; skips .git/.cache and half-written temp files.
+
+    Symbolic links are followed only where they lead inside ``folder`` (a mirror may link
+    duplicate files); a link out of it is not served, and a directory reached twice (a link
+    loop) is walked once."""
     found: dict[str, FileStat] = {}
+    root = os.path.realpath(folder)
+    walked: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in walked or not _inside(real, root):
+            dirnames[:] = []
+            continue
+        walked.add(real)
         dirnames[:] = sorted(d for d in dirnames if d not in IGNORED_DIRS)
         for name in filenames:
             if TMP_MARK in name:
                 continue
             abs_path = os.path.join(dirpath, name)
+            if not _inside(os.path.realpath(abs_path), root):
+                continue
             try:
                 st = os.stat(abs_path)
-            except FileNotFoundError:  # removed while we walked
+            except (FileNotFoundError, OSError):  # removed while we walked, or a dangling/looping link
                 continue
             rel = Path(abs_path).relative_to(folder).as_posix()
             found[rel] = FileStat(rel, abs_path, st.st_size, st.st_mtime_ns)

@@ -49,6 +49,11 @@ from .traffic import (
 logger = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+# The only request bodies the Hub routes take are paths-info forms of a few paths.
+MAX_BODY_BYTES = 1 << 20
+# huggingface_hub 2.x asks for this registry once a day (when telemetry is on) and reads it as a
+# mapping: an empty registry in that shape detects no agent.
+AGENT_HARNESSES: dict[str, Any] = {"standardEnvVars": [], "harnesses": {}}
 
 
 # --------------------------------------------------------------------------------------------
@@ -138,6 +143,7 @@ class Route:
 
 _API = r"^/api/(?P<plural>datasets|models)/(?P<repo>.+?)"
 _ROUTE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("agent_harnesses", re.compile(r"^/api/agent-harnesses$")),
     ("repo_info", re.compile(_API + r"/revision/(?P<rev>[^/]+)$")),
     ("tree", re.compile(_API + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")),
     ("paths_info", re.compile(_API + r"/paths-info/(?P<rev>[^/]+)$")),
@@ -155,6 +161,8 @@ def parse_route(raw_path: str) -> Route:
         if match is None:
             continue
         groups = match.groupdict()
+        if "repo" not in groups:
+            return Route(kind=kind, path=raw_path)
         repo_type = "dataset" if groups.get("plural") == "datasets" else "model"
         return Route(
             kind=kind,
@@ -188,7 +196,9 @@ class HubApp:
 
     def answer(self, method: str, route: Route, query: str, body: bytes, range_header: str | None) -> Response:
         if route.kind == "other":
-            return self._other(method, route)
+            return json_response(404, {"error": f"no route {method} {route.path}"})
+        if route.kind == "agent_harnesses":
+            return json_response(200, AGENT_HARNESSES)
         if method not in _ALLOWED_METHODS.get(route.kind, ("GET",)):
             return json_response(405, {"error": f"{method} not allowed here"})
         repo = self._repos.get((route.repo_type, route.repo_id))  # type: ignore[arg-type]
@@ -204,12 +214,6 @@ class HubApp:
         if route.kind == "paths_info":
             return self._paths_info(snapshot, body)
         return self._resolve(snapshot, route, range_header)
-
-    @staticmethod
-    def _other(method: str, route: Route) -> Response:
-        if (method, route.path) == ("GET", "/api/agent-harnesses"):
-            return json_response(200, [])  # asked once per process by huggingface_hub 2.x
-        return json_response(404, {"error": f"no route {method} {route.path}"})
 
     @staticmethod
     def _tree(snapshot: RepoSnapshot, route: Route, params: dict[str, list[str]]) -> Response:
@@ -314,15 +318,21 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's signature)
         logger.debug("%s %s", self.address_string(), format % args)
 
-    def _read_body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+    def _body_length(self) -> int | None:
+        """The declared body length, or None when it is not a number in 0..MAX_BODY_BYTES."""
+        text = self.headers.get("Content-Length") or "0"
+        return int(text) if text.isdigit() and int(text) <= MAX_BODY_BYTES else None
 
     def _handle(self, method: str) -> None:
         hub = self.server.hub
         raw_path, _, query = self.path.partition("?")
-        body = self._read_body()
-        if raw_path.startswith("/_admin/"):  # the control plane: never faulted, never counted
+        length = self._body_length()
+        if length is None:  # never read it: the connection closes after the answer
+            self.close_connection = True
+            self._send(json_response(413, {"error": f"request bodies are limited to {MAX_BODY_BYTES} bytes"}), method)
+            return
+        body = self.rfile.read(length) if length else b""
+        if raw_path.startswith("/_admin/") and hub.faults.enabled:  # the control plane: never faulted, never counted
             self._send(hub._admin_answer(method, raw_path, body), method)
             return
         route = parse_route(raw_path)
@@ -375,27 +385,37 @@ def _status_fault_response(fault: Fault) -> Response:
 # The server.
 
 
-def _loopback_host(host: str) -> str:
-    """The IPv4 loopback address to bind: this server has no auth, so nothing else is allowed."""
+def _bind_host(host: str) -> str:
+    """The IPv4 address to bind (``localhost`` is 127.0.0.1)."""
     if host == "localhost":
         return "127.0.0.1"
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        raise ValueError(f"host must be a loopback IPv4 address, not {host!r}") from None
-    if address.version != 4 or not address.is_loopback:
-        raise ValueError(f"host must be a loopback IPv4 address (127.x.x.x), not {host!r}")
+        raise ValueError(f"--host must be an IPv4 address such as 127.0.0.1 or 0.0.0.0, not {host!r}") from None
+    if address.version != 4:
+        raise ValueError(f"--host must be an IPv4 address, not {host!r}")
     return host
 
 
-class HubServer:
-    """A Hub-compatible HTTP server for local folders; use as a context manager or start()/stop()."""
+def _check_port(port: int) -> int:
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is not a TCP port (0-65535; 0 picks a free one)")
+    return port
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, digests: DigestCache = SHARED_DIGESTS):
-        self.host = _loopback_host(host)
-        self.port = port
+
+class HubServer:
+    """A Hub-compatible HTTP server for local folders; use as a context manager or start()/stop().
+
+    It has no authentication: it binds 127.0.0.1 unless told otherwise. Fault injection (the
+    in-process :attr:`faults` plan and the ``/_admin`` routes) is off unless ``faults=True``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, digests: DigestCache = SHARED_DIGESTS, faults: bool = False):
+        self.host = _bind_host(host)
+        self.port = _check_port(port)
         self.app = HubApp(digests)
-        self.faults = FaultPlan()
+        self.faults = FaultPlan(enabled=faults)
         self._stats = ServerStats()
         self._httpd: _HubHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -427,7 +447,10 @@ class HubServer:
         """Bind (port 0 picks a free port) and serve from a daemon thread; returns self."""
         if self._httpd is not None:
             return self
-        httpd = _HubHTTPServer((self.host, self.port), _HubRequestHandler)
+        try:
+            httpd = _HubHTTPServer((self.host, self.port), _HubRequestHandler)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc} (is another server on port {self.port}? choose --port)") from None
         httpd.hub = self
         self._httpd = httpd
         self._thread = threading.Thread(
@@ -537,9 +560,10 @@ def start_in_thread(
     port: int = 0,
     models: dict[str, Path] | None = None,
     digests: DigestCache = SHARED_DIGESTS,
+    faults: bool = False,
 ) -> HubServer:
     """Serve ``root`` as ``repo_id`` (plus model repos ``models``: repo id -> folder) in a daemon thread."""
-    server = HubServer(host=host, port=port, digests=digests)
+    server = HubServer(host=host, port=port, digests=digests, faults=faults)
     server.add_repo(repo_type, repo_id, Path(root))
     for model_id, folder in (models or {}).items():
         server.add_repo("model", model_id, Path(folder))
@@ -553,13 +577,18 @@ def serve_forever(
     host: str = "127.0.0.1",
     port: int = 8000,
     models: dict[str, Path] | None = None,
+    faults: bool = False,
 ) -> None:
     """Serve until Ctrl-C, then shut down cleanly; prints ``Serving <repo> from <root> at <url>``.
 
     Digests are kept in ``<root>/.cache/`` so that a restart does not hash every shard again."""
     digests = DigestCache(journal=Path(root) / DIGEST_JOURNAL)
-    server = start_in_thread(root, repo_id, repo_type, host, port, models, digests)
+    server = start_in_thread(root, repo_id, repo_type, host, port, models, digests, faults)
     print(f"Serving {repo_id} from {root} at {server.url}", flush=True)
+    if not ipaddress.ip_address(server.host).is_loopback:
+        print(f"warning: no authentication: anyone who can reach {server.url} can read these repos", flush=True)
+    if faults:
+        print("fault injection is on: POST /_admin/faults", flush=True)
     try:
         server.wait()
     except KeyboardInterrupt:

@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-ROUTE_KINDS: tuple[str, ...] = ("repo_info", "tree", "paths_info", "resolve", "other")
+ROUTE_KINDS: tuple[str, ...] = ("repo_info", "tree", "paths_info", "resolve", "agent_harnesses", "other")
 FAULT_KINDS: tuple[str, ...] = ("status", "reset", "delay")
 
 
@@ -143,14 +143,19 @@ class Fault:
 
 
 class FaultPlan:
-    """Faults waiting to be applied; each request consumes at most one (the oldest that matches)."""
+    """Faults waiting to be applied; each request consumes at most one (the oldest that matches).
 
-    def __init__(self) -> None:
+    A plan that is not ``enabled`` refuses faults: a served mirror never breaks by accident."""
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
 
     def add(self, route_kind: str, kind: str, times: int = 1, **options: Any) -> Fault:
         """Plan a fault; options: status, retry_after, seconds, after_bytes, path_contains."""
+        if not self.enabled:
+            raise RuntimeError("fault injection is off: start the server with faults=True (hub serve --faults)")
         fault = Fault(route_kind, kind, times, **options)
         with self._lock:
             self._faults.append(fault)
