@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     # Progress and retry notices of the pipeline's own modules reach the terminal.
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("isles_pipeline").setLevel(logging.INFO)
+    logging.getLogger("huggingface_hub").propagate = False  # it prints its retry notices itself
     try:
         return args.run(args)
     except KeyboardInterrupt:

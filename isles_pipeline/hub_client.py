@@ -71,15 +71,16 @@ class HubError(ConnectionError):
         self.problem, self.endpoint, self.transient, self.case_id = problem, endpoint, transient, case_id
 
 
-def check_resolvable(endpoint: str) -> None:
+def check_resolvable(endpoint: str, case_id: str | None = None) -> None:
     """Fail at once, not after the client's retries, when the endpoint's host has no address."""
     parts = urlsplit(endpoint)
     if not parts.hostname:
-        raise HubError(f"HF_ENDPOINT {endpoint!r} is not a URL", endpoint, transient=False)
+        raise HubError(f"HF_ENDPOINT {endpoint!r} is not a URL", endpoint, transient=False, case_id=case_id)
     try:
         socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
     except socket.gaierror as exc:
-        raise HubError(f"cannot resolve the host {parts.hostname!r} ({exc.strerror}); check HF_ENDPOINT", endpoint, transient=False) from None
+        problem = f"cannot resolve the host {parts.hostname!r} ({exc.strerror}); check HF_ENDPOINT"
+        raise HubError(problem, endpoint, transient=False, case_id=case_id) from None
 
 
 def classify(exc: BaseException, target: str = "the repo") -> tuple[str, bool] | None:

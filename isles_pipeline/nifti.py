@@ -285,20 +285,20 @@ class _BinaryRule:
 
     def lesion(self, values: np.ndarray) -> np.ndarray:
         lesion = values > 0
-        if lesion.any():
-            low, high = float(values[lesion].min()), float(values[lesion].max())
-            self.positive = low if self.positive is None else self.positive
-            if low != high or low != self.positive:
-                self._refuse(values)
         if np.count_nonzero(lesion) + np.count_nonzero(values == 0) != values.size:
             self._refuse(values)  # negative or NaN voxels
+        if lesion.any():
+            low, high = float(values[lesion].min()), float(values[lesion].max())
+            if low != high or self.positive not in (None, low):
+                self._refuse(values)
+            self.positive = low
         return lesion
 
     def _refuse(self, values: np.ndarray) -> None:
         found = np.unique(values)  # NaNs collapse into one entry
         shown = ", ".join(f"{v:g}" for v in found[:MAX_VALUES_LISTED])
         more = f" and {found.size - MAX_VALUES_LISTED} more" if found.size > MAX_VALUES_LISTED else ""
-        earlier = f" (elsewhere {self.positive:g})" if self.positive is not None else ""
+        earlier = f" (earlier slices: {self.positive:g})" if self.positive is not None and self.positive not in found else ""
         raise NiftiError(f"{self.what}: not a binary lesion mask: values {shown}{more}{earlier}; expected 0 and one positive value")
 
 

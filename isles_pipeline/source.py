@@ -2,9 +2,10 @@
 
 Why not ``datasets.load_dataset``: it downloads all 99 GB (out of memory), and its streaming
 mode hangs in PyArrow (apache/arrow#45214). Here the shard is opened with no read-ahead cache
-(``cache_type="none"``: each read pyarrow makes is one range request of exactly its size) and
-``pyarrow.parquet.ParquetFile`` reads the footer and then only the needed columns, coalescing
-adjacent column chunks itself (``benchmarks/fetch.py`` holds it to the byte and request targets).
+(``cache_type="none"``: each read is one range request of exactly its size), pyarrow reads the
+footer, the needed column chunks are fetched (adjacent ones in one request), and pyarrow decodes
+them (``benchmarks/fetch.py`` holds this to the byte and request targets; why not pyarrow's own
+pre-buffering: see :func:`_read_columns`).
 
 Before a byte of column data is read the footer is checked: one row, the columns present with
 the types of the ``datasets`` NIfTI feature, and a decoded size within ``ISLES_MAX_READ_MB``.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ from .retry import call_with_retries
 MASK_COLUMN = "lesion_mask"
 # The three images of a real case are about 50 MB; a shard needing 10x that is not a case.
 DEFAULT_MAX_READ_MB = 512
+# Column chunks less than this apart are fetched in one request (the gap is read and wasted).
+MERGE_GAP = 64 * 1024
 MAX_READ_ENV = "ISLES_MAX_READ_MB"
 IMAGE_FIELDS = {"bytes": (pa.binary(), pa.large_binary()), "path": (pa.string(), pa.large_string())}
 
@@ -143,7 +147,7 @@ class ShardReader:
     def commit(self, case_id: str | None = None) -> str:
         """The commit sha the configured revision points at (resolved once per reader)."""
         if self._commit is None:
-            check_resolvable(self.endpoint)
+            check_resolvable(self.endpoint, case_id)
             bound_client_timeouts()
             api, source = HfApi(endpoint=self.endpoint, token=hub_token_setting()), self.source
             with hub_faults(self.endpoint, case_id, self.target):
@@ -177,7 +181,7 @@ class ShardReader:
         started = time.perf_counter()
         with hub_faults(self.endpoint, case_id, self.target), _ClientRetries() as retries:
             with self.fs.open(self._fs_path(case_id), "rb", cache_type="none") as remote:
-                table = _read_columns(case_id, _CountedFile(remote, transfer, max_read_bytes(), case_id), columns)
+                table = _read_columns(case_id, _ShardFile(remote, transfer, max_read_bytes(), case_id), columns)
         transfer.seconds, transfer.retries = time.perf_counter() - started, retries.count
         files, names = _image_bytes(case_id, table, columns)
         del table
@@ -186,25 +190,57 @@ class ShardReader:
         return CaseShard(identity, files, names, grid, mask, nonfinite, transfer)
 
 
-class _CountedFile:
-    """The remote file as pyarrow sees it, counting each read (= one range request) and refusing
-    to read more than ``budget`` bytes in all."""
+class _ShardFile:
+    """The remote shard as pyarrow sees it: every read happens in the calling thread, is counted
+    (one read = one range request), is kept for later reads of the same bytes, and is refused
+    once ``budget`` bytes have been read in all."""
 
     def __init__(self, remote, transfer: Transfer, budget: int, case_id: str):
         self._remote, self._transfer, self._budget, self._case_id = remote, transfer, budget, case_id
+        self._pieces: list[tuple[int, bytes]] = []
+        self._position = 0
+        self.size = remote.size
+        self.readers: set[int] = set()  # threads that read: only the caller's (see _read_columns)
 
-    def read(self, size: int = -1) -> bytes:
-        wanted = self._remote.size - self._remote.tell() if size is None or size < 0 else size
-        if self._transfer.bytes + wanted > self._budget:
-            raise CaseDataError(self._case_id, f"the shard asks to read {self._transfer.bytes + wanted:,} bytes, more than the "
-                                               f"{self._budget:,} allowed ({MAX_READ_ENV})")
-        data = self._remote.read(size)
+    def fetch(self, start: int, end: int) -> None:
+        """One range request for bytes [start, end), kept for the reads that follow."""
+        if self._transfer.bytes + (end - start) > self._budget:
+            raise CaseDataError(self._case_id, f"the shard asks to read {self._transfer.bytes + end - start:,} bytes, "
+                                               f"more than the {self._budget:,} allowed ({MAX_READ_ENV})")
+        self.readers.add(threading.get_ident())
+        self._remote.seek(start)
+        data = self._remote.read(end - start)
         self._transfer.requests += 1
         self._transfer.bytes += len(data)
-        return data
+        self._pieces.append((start, data))
 
-    def __getattr__(self, name: str):  # seek, tell, size, closed, readable, seekable ...
-        return getattr(self._remote, name)
+    def read(self, size: int = -1) -> bytes:
+        start = self._position
+        end = self.size if size is None or size < 0 else min(self.size, start + size)
+        for piece_start, data in self._pieces:
+            if piece_start <= start and end <= piece_start + len(data):
+                self._position = end
+                return data[start - piece_start : end - piece_start]
+        self.fetch(start, end)
+        self._position = end
+        return self._pieces[-1][1]
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._position = {0: 0, 1: self._position, 2: self.size}[whence] + offset
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return False
 
 
 class _ClientRetries(logging.Handler):
@@ -240,13 +276,42 @@ def _arrow_errors(case_id: str, what: str):
         raise CaseDataError(case_id, f"{what} ({first})") from exc
 
 
-def _read_columns(case_id: str, remote: _CountedFile, columns: tuple[str, ...]) -> pa.Table:
+def _read_columns(case_id: str, remote: _ShardFile, columns: tuple[str, ...]) -> pa.Table:
+    """Footer, then the wanted column chunks (adjacent ones in one request), then pyarrow decodes.
+
+    pyarrow's own ``pre_buffer`` would coalesce the same ranges, but it reads on Arrow's IO
+    threads, which call back into Python for a Python file: a process that exits soon after
+    then aborts now and then ("terminate called without an active exception", the same family
+    as apache/arrow#45214; measured in docs/benchmarks.md). Without pre-buffering, pyarrow reads
+    each column chunk on its own (8 requests instead of 3). So the chunks are fetched here, in
+    this thread, and pyarrow reads them from memory with ``pre_buffer=False``.
+    """
     with _arrow_errors(case_id, "shard is not a readable parquet file"):
-        parquet = pq.ParquetFile(remote)
+        metadata = pq.read_metadata(remote)
     wanted = ("subject_id", *columns)
-    _check_layout(case_id, parquet.metadata, parquet.schema_arrow, wanted)
+    _check_layout(case_id, metadata, metadata.schema.to_arrow_schema(), wanted)
+    for start, end in column_spans(metadata, wanted):
+        remote.fetch(start, end)
     with _arrow_errors(case_id, "cannot decode the shard's columns"):
-        return parquet.read(columns=list(wanted), use_threads=False)
+        return pq.ParquetFile(remote, metadata=metadata, pre_buffer=False).read(columns=list(wanted), use_threads=False)
+
+
+def column_spans(metadata: pq.FileMetaData, columns: tuple[str, ...], gap: int = MERGE_GAP) -> list[tuple[int, int]]:
+    """Byte ranges [start, end) of the columns' chunks; chunks closer than ``gap`` share one."""
+    spans = sorted(
+        (chunk.dictionary_page_offset if chunk.has_dictionary_page and chunk.dictionary_page_offset else chunk.data_page_offset,
+         chunk.total_compressed_size)
+        for g in range(metadata.num_row_groups)
+        for chunk in (metadata.row_group(g).column(i) for i in range(metadata.num_columns))
+        if chunk.path_in_schema.split(".")[0] in columns
+    )
+    merged: list[list[int]] = []
+    for start, size in spans:
+        if merged and start - merged[-1][1] <= gap:
+            merged[-1][1] = max(merged[-1][1], start + size)
+        else:
+            merged.append([start, start + size])
+    return [(start, end) for start, end in merged]
 
 
 def _check_layout(case_id: str, metadata: pq.FileMetaData, schema: pa.Schema, wanted: tuple[str, ...]) -> None:

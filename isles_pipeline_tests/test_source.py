@@ -247,3 +247,38 @@ def test_the_token_comes_from_hf_token_only(hub, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", "hf_fromTheEnvironment")
     reader_for(hub).read_case(CASE)
     assert hub.stats.log and all(r.authenticated for r in hub.stats.log)
+
+
+# --- why the column chunks are fetched by the reader, not by pyarrow's pre-buffering ------------
+
+
+def shard_file(hub, case_id: str):
+    from huggingface_hub import HfFileSystem
+
+    from isles_pipeline.source import _ShardFile, Transfer
+
+    fs = HfFileSystem(endpoint=hub.url, token=False, skip_instance_cache=True)
+    remote = fs.open(f"datasets/{DEFAULT_REPO_ID}/{shard_path(case_id)}", "rb", cache_type="none")
+    return _ShardFile(remote, Transfer(), 1 << 30, case_id)
+
+
+def test_every_read_of_the_shard_happens_in_the_calling_thread(hub):
+    import threading
+
+    from isles_pipeline.source import _read_columns
+
+    remote = shard_file(hub, CASE)
+    table = _read_columns(CASE, remote, IMAGE_COLUMNS)
+    assert table.column("subject_id")[0].as_py() == CASE
+    assert remote.readers == {threading.get_ident()}
+    assert remote._transfer.requests == 3  # footer, subject_id, then dwi + adc + lesion_mask in one
+
+
+def test_pyarrows_pre_buffering_reads_a_python_file_on_its_own_threads(hub):
+    """The reason for the above: with pre_buffer (pyarrow's default), Arrow's IO threads call
+    into Python. If a pyarrow release stops doing so, this fails and the stock path can return."""
+    import threading
+
+    remote = shard_file(hub, CASE)
+    pq.ParquetFile(remote).read(columns=list(NEEDED_COLUMNS), use_threads=False)
+    assert remote.readers - {threading.get_ident()}

@@ -20,6 +20,7 @@ store (``failures.py``), which the report reads.
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -32,9 +33,18 @@ from ..retry import is_transient
 from ..store import CaseStore
 
 # A Hub outage that outlasts the client's own retries (about 23 s) is waited out this way:
-# 3 more attempts of the step, 15 s, 30 s, 60 s apart (+-25 %).
+# 3 more attempts of the step, 15 s, 30 s, 60 s apart (+-25 %); ISLES_RETRY_WAIT_S sets the first.
 TRANSIENT_RETRIES = 3
+RETRY_WAIT_ENV = "ISLES_RETRY_WAIT_S"
 RETRY_BASE_S = 15.0
+
+
+def first_retry_wait_s() -> float:
+    text = os.environ.get(RETRY_WAIT_ENV, "").strip()
+    try:
+        return float(text) if text else RETRY_BASE_S
+    except ValueError:
+        raise ValueError(f"{RETRY_WAIT_ENV}={text!r}: expected seconds") from None
 
 
 @dataclass
@@ -55,7 +65,7 @@ class CaseFailure:
 def describe(case_id: str, exc: BaseException) -> str:
     """One line naming the case and the cause."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if case_id in text else f"case {case_id}: {type(exc).__name__}: {text}"
+    return text if text.startswith(f"case {case_id}: ") else f"case {case_id}: {type(exc).__name__}: {text}"
 
 
 def run_cases(context: dg.AssetExecutionContext, store: CaseStore, work: Callable[[str], CaseOutcome]) -> dg.MaterializeResult:
@@ -82,7 +92,7 @@ def run_cases(context: dg.AssetExecutionContext, store: CaseStore, work: Callabl
     if not failures:
         return _materialised(context, keys, succeeded)
     if any(f.transient for f in failures.values()) and context.retry_number < TRANSIENT_RETRIES:
-        wait = RETRY_BASE_S * 2**context.retry_number * random.uniform(0.75, 1.25)
+        wait = first_retry_wait_s() * 2**context.retry_number * random.uniform(0.75, 1.25)
         context.log.warning(f"{_count(failures, keys)}; transient, retrying the step in {wait:.0f} s "
                             f"(retry {context.retry_number + 1} of {TRANSIENT_RETRIES})")
         raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait)
@@ -90,7 +100,7 @@ def run_cases(context: dg.AssetExecutionContext, store: CaseStore, work: Callabl
         context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=case_id, metadata=dict(outcome.metadata)))
     causes = {case_id: f.cause for case_id, f in failures.items()}
     raise dg.Failure(
-        description=f"{_count(failures, keys)}: " + "; ".join(causes.values()),
+        description="; ".join(causes.values()) if len(keys) == 1 else f"{_count(failures, keys)}: " + "; ".join(causes.values()),
         metadata={"failed_cases": dg.MetadataValue.json(causes)},
         allow_retries=False,
     )
