@@ -22,15 +22,14 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from huggingface_hub import HfFileSystem, hf_hub_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from isles_pipeline.hub.server import (
     AGENT_HARNESSES,
@@ -552,3 +551,71 @@ def test_digests_outlive_the_process_through_the_journal(tmp_path: Path) -> None
     os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert file_sha256(data, DigestCache(journal)) == first
     assert file_sha256(data, DigestCache()) == hashlib.sha256(b"b" * 4096).hexdigest()
+
+
+# ---------------------------------------------------------------------------------- hardening
+
+
+def test_links_out_of_the_root_are_not_served_and_loops_do_not_break_it(dataset_dir: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not part of the repo")
+    (dataset_dir / "data" / "leak.txt").symlink_to(secret)
+    (dataset_dir / "data" / "outside").symlink_to(tmp_path, target_is_directory=True)
+    (dataset_dir / "data" / "loop").symlink_to(dataset_dir / "data", target_is_directory=True)
+    (dataset_dir / "copy.bin").symlink_to(dataset_dir / BLOB)  # inside the root: served
+    with HubServer() as hub:
+        hub.add_repo("dataset", DATASET, dataset_dir)
+        assert http_get(shard_url(hub, path="data/leak.txt"))[0] == 404
+        assert http_get(shard_url(hub, path="data/outside/secret.txt"))[0] == 404
+        assert http_get(shard_url(hub, path="copy.bin"))[2] == BLOB_BYTES
+        listing = HfFileSystem(endpoint=hub.url, skip_instance_cache=True).find(f"datasets/{DATASET}")
+    assert sorted(p.split(f"{DATASET}/", 1)[1] for p in listing) == ["README.md", "copy.bin", BLOB, SHARD]
+
+
+def test_a_busy_or_bad_port_is_one_line_naming_the_port(dataset_dir: Path) -> None:
+    with HubServer() as first:
+        port = int(first.url.rsplit(":", 1)[1])
+        with pytest.raises(OSError, match=f"^cannot listen on 127.0.0.1:{port}: Address already in use .*choose --port"):
+            HubServer(port=port).start()
+    from isles_pipeline.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["hub", "serve", str(dataset_dir), "--port", "99999"])
+
+
+def test_request_bodies_are_capped(server: HubServer) -> None:
+    url = f"{server.url}/api/datasets/{DATASET}/paths-info/main"
+    status, _, body = http_get(url, method="POST", data=b"paths=" + b"x" * (MAX_BODY_BYTES + 1))
+    assert status == 413 and b"limited" in body
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=5)
+    connection.putrequest("POST", f"/api/datasets/{DATASET}/paths-info/main")
+    connection.putheader("Content-Length", "-5")
+    connection.endheaders()
+    assert connection.getresponse().status == 413
+
+
+def test_fault_injection_is_off_unless_enabled(dataset_dir: Path) -> None:
+    with HubServer() as hub:
+        hub.add_repo("dataset", DATASET, dataset_dir)
+        with pytest.raises(RuntimeError, match="fault injection is off"):
+            hub.faults.add("resolve", "status", status=503)
+        status, _, _ = http_get(f"{hub.url}/_admin/faults", method="POST", data=b'{"route_kind": "resolve", "kind": "status", "status": 503}')
+        assert status == 404
+        assert http_get(shard_url(hub))[0] == 200
+
+
+def test_the_real_client_with_telemetry_on_calls_only_known_routes(server: HubServer, tmp_path: Path) -> None:
+    """A fresh process, with the environment a user has (telemetry on, Xet on, an AI agent's
+    variables if any): the client asks for /api/agent-harnesses and gets the shape it expects."""
+    script = (
+        "import sys; from huggingface_hub import HfFileSystem, hf_hub_download;"
+        "fs = HfFileSystem(endpoint=sys.argv[1], skip_instance_cache=True);"
+        f"print(len(fs.cat_file('datasets/{DATASET}/{BLOB}')));"
+        f"print(open(hf_hub_download('{MODEL}', 'config.json', endpoint=sys.argv[1], cache_dir=sys.argv[2])).read())"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_DISABLE")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), AI_AGENT="some-agent", HF_ENDPOINT=server.url)  # the registry comes from HF_ENDPOINT
+    done = subprocess.run([sys.executable, "-c", script, server.url, str(tmp_path / "cache")], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2000", '{"channels":', '2}']
+    assert server.stats.requests_by_route["agent_harnesses"] >= 1

@@ -255,7 +255,7 @@ def test_the_token_comes_from_hf_token_only(hub, monkeypatch, tmp_path):
 def shard_file(hub, case_id: str):
     from huggingface_hub import HfFileSystem
 
-    from isles_pipeline.source import _ShardFile, Transfer
+    from isles_pipeline.source import Transfer, _ShardFile
 
     fs = HfFileSystem(endpoint=hub.url, token=False, skip_instance_cache=True)
     remote = fs.open(f"datasets/{DEFAULT_REPO_ID}/{shard_path(case_id)}", "rb", cache_type="none")
