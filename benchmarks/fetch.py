@@ -9,8 +9,11 @@ each case with every method, each run in its own child process (so that peak RSS
 method's alone), ``--repeats`` times, interleaved (repeat > case > method) so that noise from
 other processes on the machine spreads over all methods alike:
 
-- ``read_case``: this project's ``ShardReader.read_case`` (footer, planned ranges, validation);
+- ``read_case``: this project's ``ShardReader.read_case`` (footer, the needed chunks fetched in
+  the calling thread, pyarrow decoding without pre-buffering, validation);
 - ``fetch_case``: this project's ``fetch_case`` into a temporary store (what the asset does);
+- ``ParquetFile(pre_buffer)``: stock ``pq.ParquetFile(fs.open(path, cache_type="none")).read(columns)``,
+  pyarrow's pre-buffering coalescing the same chunks on its IO threads;
 - ``hf_hub_download``: download the whole shard (what ``datasets`` does), then read the 4
   columns from the local file;
 - ``pq.read_table``: ``pq.read_table(path, filesystem=HfFileSystem(...), columns=[...])``.
@@ -44,7 +47,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from benchmarks import _rss  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("read_case", "fetch_case", "hf_hub_download", "pq.read_table")
+METHODS = ("read_case", "fetch_case", "ParquetFile(pre_buffer)", "hf_hub_download", "pq.read_table")
 OURS = ("read_case", "fetch_case")
 MB = 2**20
 FOOTER_ALLOWANCE = 128 * 1024
@@ -92,6 +95,10 @@ def _child(method: str, endpoint: str, repo_id: str, case_id: str, result_path: 
     elif method == "hf_hub_download":
         local = hf_hub_download(repo_id, shard_path(case_id), repo_type="dataset", endpoint=endpoint, cache_dir=scratch / "hub")
         files_bytes = image_bytes(pq.read_table(local, columns=list(NEEDED_COLUMNS)))
+    elif method == "ParquetFile(pre_buffer)":  # the stock path: pyarrow coalesces on its IO threads
+        fs = HfFileSystem(endpoint=endpoint, skip_instance_cache=True)
+        with fs.open(f"datasets/{repo_id}/{shard_path(case_id)}", "rb", cache_type="none") as remote:
+            files_bytes = image_bytes(pq.ParquetFile(remote).read(columns=list(NEEDED_COLUMNS), use_threads=False))
     elif method == "pq.read_table":
         fs = HfFileSystem(endpoint=endpoint, skip_instance_cache=True)
         table = pq.read_table(f"datasets/{repo_id}/{shard_path(case_id)}", filesystem=fs, columns=list(NEEDED_COLUMNS))
@@ -141,14 +148,13 @@ def _watch_stages(baseline_mb: float) -> list:
             return result
         setattr(owner, name, wrapper)
 
-    wrap(source._PlannedRanges, "load", after=lambda _self, start, end: mark(f"fetched range of {_size(end - start)}"))
-    wrap(source.ShardReader, "_read_columns", after=lambda *_: mark(f"pyarrow table decoded ({pool.backend_name} pool)"))
+    wrap(source._ShardFile, "fetch", after=lambda _self, start, end: mark(f"fetched range of {_size(end - start)}"))
+    wrap(source, "_read_columns", after=lambda *_: mark(f"pyarrow table decoded ({pool.backend_name} pool)"))
     wrap(source, "_image_bytes", after=lambda *_: mark("cells copied to Python bytes (.as_py)"))
     wrap(source, "_validate_images", before=lambda *_: (gc.collect(), mark("table and fetched ranges released")),
          after=lambda *_: mark("read_case done"))
-    wrap(source.nifti, "check_complete", after=lambda _data, _header, what="": mark(f"{what}: gzip stream checked (streamed)"))
-    wrap(source.nifti, "decode", after=lambda _data, what="": mark(f"{what}: gunzipped, parsed"))
-    wrap(source.nifti, "as_mask", after=lambda *_: mark("mask: scaled to float32, thresholded"))
+    wrap(source.nifti, "scan", after=lambda _data, _header, what="": mark(f"{what}: stream inflated on its budget (streamed)"))
+    wrap(source.nifti, "mask_from_bytes", after=lambda _data, what="": mark(f"{what}: decoded slab by slab, binary rule"))
     return records
 
 
@@ -188,7 +194,7 @@ def shard_facts(path: Path) -> dict:
 
     from isles_pipeline import nifti
     from isles_pipeline.catalogue import IMAGE_COLUMNS, NEEDED_COLUMNS
-    from isles_pipeline.source import plan_ranges
+    from isles_pipeline.source import column_spans
 
     pf = pq.ParquetFile(path)
     metadata = pf.metadata
@@ -202,7 +208,7 @@ def shard_facts(path: Path) -> dict:
     with open(path, "rb") as f:
         f.seek(-8, os.SEEK_END)
         (meta_len,) = struct.unpack("<I", f.read(4))
-    ranges = plan_ranges(metadata, NEEDED_COLUMNS)
+    ranges = column_spans(metadata, NEEDED_COLUMNS)
     table = pf.read(columns=list(IMAGE_COLUMNS))
     volumes = {}
     for column in IMAGE_COLUMNS:
@@ -245,8 +251,7 @@ def classify(log) -> dict:
 def run_once(server, method: str, repo_id: str, case_id: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="fetch-bench-home-") as home:
         result_path = Path(home) / "result.json"
-        env = {**os.environ, "HF_HOME": home, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-               "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "HF_HOME": home, "PYTHONPATH": str(ROOT)}
         env.pop("HF_TOKEN", None)
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, server.url, repo_id, case_id, str(result_path)]
         server.reset_stats()
