@@ -174,8 +174,15 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args.home, cases=args.cases, grid=args.grid, ctp_mb=args.ctp_mb, segmenter=args.segmenter)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a mistake told in one line (no usage block): the option and what it takes."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="isles-pipeline", description="ISLES'24 stroke-lesion segmentation pipeline")
+    parser = _Parser(prog="isles-pipeline", description="ISLES'24 stroke-lesion segmentation pipeline")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_demo, _add_fetch, _add_segment, _add_score, _add_replica, _add_hub):
         add(sub)

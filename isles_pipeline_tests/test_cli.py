@@ -100,3 +100,43 @@ def test_demo_reuses_its_replica_on_a_second_run(tmp_path):
     assert "replica: reusing" in second.stdout
     # the second run found the shard unchanged and its files intact: nothing was downloaded
     assert "fetched 0.0 MB in 0 requests" in second.stdout
+
+
+# --- options are checked before any work, and errors are one line ------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["segment", "--dwi", "d.nii.gz", "--adc", "a.nii.gz", "--out", "p.nii.gz", "--segmenter", "rulez"],
+         "argument --segmenter: unknown segmenter 'rulez': expected one of rules, network"),
+        (["segment", "--dwi", "d.nii.gz", "--adc", "a.nii.gz", "--out", "p.nii.gz", "--device", "gpu"],
+         "argument --device: unknown device 'gpu': expected auto, cpu, cuda or cuda:N"),
+        (["demo", "--segmenter", "unet"], "argument --segmenter: unknown segmenter 'unet'"),
+        (["demo", "--cases", "500"], "argument --cases: --cases must be a number from 1 to 149, got '500'"),
+        (["hub", "serve", ".", "--port", "99999"], "argument --port: port '99999' is not a TCP port (0-65535)"),
+    ],
+)
+def test_a_mistyped_option_is_one_line_before_any_work(args, message, tmp_path):
+    done = cli(*args)
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert message in line and line.endswith("--help)"), line
+
+
+def test_an_unknown_case_id_gets_the_nearest_valid_ids(tmp_path):
+    done = cli("fetch", "sub-stroke0125", "--out", str(tmp_path), "--endpoint", "http://127.0.0.1:9")
+    assert done.returncode == 2
+    assert done.stderr.strip() == ("isles-pipeline fetch: error: unknown ISLES'24 case id 'sub-stroke0125'; "
+                                   "the nearest valid ids are sub-stroke0119 and sub-stroke0133")
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_on_a_machine_without_it_is_one_line(isles22_dir, tmp_path):
+    done = cli("segment", "--dwi", str(isles22_file(isles22_dir, "dwi")), "--adc", str(isles22_file(isles22_dir, "adc")),
+               "--out", str(tmp_path / "p.nii.gz"), "--device", "cuda")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "isles-pipeline segment: error: device 'cuda' was requested but CUDA is not available on this machine; use 'auto' or 'cpu'"
+    ]
