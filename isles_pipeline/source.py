@@ -220,7 +220,7 @@ class _ShardFile:
         for piece_start, data in self._pieces:
             if piece_start <= start and end <= piece_start + len(data):
                 self._position = end
-                return data[start - piece_start : end - piece_start]
+                return memoryview(data)[start - piece_start : end - piece_start]  # no copy
         self.fetch(start, end)
         self._position = end
         return self._pieces[-1][1]
