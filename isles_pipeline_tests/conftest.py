@@ -4,6 +4,8 @@ replica served by the local Hub server on 127.0.0.1."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,25 @@ from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
 
 ISLES22_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "isles22"
 REPLICA_CASES = list(CASE_IDS[:3])
+
+
+_SAVED_ENV: dict[str, str] = {}
+
+
+def pytest_configure(config) -> None:
+    """No token and a fresh HF_HOME, as on a new machine, set before any test module imports
+    huggingface_hub (it reads HF_HOME once, at import); the client's other defaults (telemetry
+    and Xet included) stay as a user has them."""
+    _SAVED_ENV.update(os.environ)
+    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "GITHUB_TOKEN", "ISLES_DATA_DIR", "ISLES_HF_REPO", "ISLES_HF_REVISION"):
+        os.environ.pop(key, None)
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="isles-tests-hf-home-")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(os.environ.get("HF_HOME", ""), ignore_errors=True)
+    os.environ.clear()
+    os.environ.update(_SAVED_ENV)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -23,19 +44,6 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def hub_client_env(tmp_path_factory):
-    """No token and a fresh HF_HOME, as on a new machine; otherwise the client's defaults
-    (telemetry and Xet included) stay as a user has them."""
-    saved = dict(os.environ)
-    for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "GITHUB_TOKEN", "ISLES_DATA_DIR", "ISLES_HF_REPO", "ISLES_HF_REVISION"):
-        os.environ.pop(key, None)
-    os.environ["HF_HOME"] = str(tmp_path_factory.mktemp("hf_home"))
-    yield
-    os.environ.clear()
-    os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

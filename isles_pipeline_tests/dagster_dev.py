@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from isles_pipeline.catalogue import DEFAULT_REPO_ID
-from isles_pipeline.demo import QUIET_HUB_ENV, prepare_dagster_home
+from isles_pipeline.demo import prepare_dagster_home
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ASSETS = ("case_inputs", "case_prediction", "case_metrics")
@@ -425,9 +425,8 @@ def hide_first_visit_modal(dagster_home: Path) -> None:
 
 
 def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, segmenter: str | None) -> dict[str, str]:
-    """The child environment: the parent's minus tokens and pipeline settings, offline and quiet."""
+    """The child environment: the parent's minus tokens and pipeline settings, pointed at the local Hub."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_PREFIX)}
-    env.update(QUIET_HUB_ENV)
     env.update(
         HF_HOME=str(work_dir / "hf_home"),
         HF_ENDPOINT=hub_url,

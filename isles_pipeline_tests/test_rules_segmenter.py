@@ -3,7 +3,6 @@ invariance, sizes in ml, erosion geometry and device handling."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nibabel as nib
@@ -22,7 +21,6 @@ from isles_pipeline.segment.rules import (
     voxel_sizes_mm,
 )
 
-ISLES22_DIR = Path(os.environ.get("ISLES22_DIR", "/work/shared/data/isles22"))
 REAL_CASE = "sub-strokecase0009"
 MIN_REAL_DICE = 0.40  # segmentation.md measured 0.43 for this recipe on this case
 
@@ -84,9 +82,9 @@ JUST_UNDER_BOX = ((60.0, 66.0), (40.0, 44.0), (18.0, 22.0))  # 0.096 ml: under t
 
 
 @pytest.fixture(scope="module")
-def real_case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def real_case(isles22_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """DWI, ADC, expert mask and affine of the real case; skipped when the files are absent."""
-    folder = ISLES22_DIR / REAL_CASE
+    folder = isles22_dir
     paths = {kind: folder / f"{REAL_CASE}_ses-0001_{kind}.nii.gz" for kind in ("dwi", "adc", "msk")}
     missing = [str(p) for p in paths.values() if not p.is_file()]
     if missing:

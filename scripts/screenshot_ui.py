@@ -24,7 +24,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # isles_pipeline_tests, when run from a plain checkout
 
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
-from isles_pipeline.demo import QUIET_HUB_ENV  # noqa: E402
 from isles_pipeline_tests.dagster_dev import CHAIN_ASSETS, DagsterDevStack, dagster_dev_stack  # noqa: E402
 
 CASES = list(CASE_IDS[:3])
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix="isles-screenshot-"))
     # Also for this process's Hub server and replica builder.
-    os.environ.update(QUIET_HUB_ENV, HF_HOME=str(work_dir / "hf_home"))
+    os.environ.update(HF_HOME=str(work_dir / "hf_home"))
     try:
         replica = build_replica(work_dir)
         with dagster_dev_stack(work_dir / "stack", replica, repo_root=args.repo_root.resolve()) as stack:
