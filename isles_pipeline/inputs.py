@@ -65,6 +65,7 @@ class FetchResult:
     manifest: CaseManifest
     skipped: bool
     transfer: Transfer
+    leftovers_removed: int = 0
 
     def summary(self) -> dict:
         """A JSON-ready account of the fetch (what the CLI prints and the asset records)."""
@@ -77,6 +78,7 @@ class FetchResult:
             "shard_oid": m.shard_oid,
             "shard_bytes": m.shard_size,
             "skipped_download": self.skipped,
+            "leftovers_removed": self.leftovers_removed,
             "bytes_transferred": self.transfer.bytes,
             "range_requests": self.transfer.requests,
             "retries": self.transfer.retries,
@@ -101,14 +103,16 @@ def files_intact(store: CaseStore, manifest: CaseManifest) -> bool:
 def fetch_case(
     reader: ShardReader, store: CaseStore, case_id: str, force: bool = False, columns: tuple[str, ...] = IMAGE_COLUMNS
 ) -> FetchResult:
-    """Make the case's input files of ``columns`` present and current in the store."""
+    """Make the case's input files of ``columns`` present and current in the store, first removing
+    the temporary files that crashed writes of this case left behind."""
+    removed = store.remove_leftovers(case_id)
     identity = reader.identify(case_id)
     previous = read_manifest(store, case_id)
     if not force and previous and previous.shard_oid == identity.oid and set(columns) <= set(previous.files) and files_intact(store, previous):
-        return FetchResult(previous, skipped=True, transfer=Transfer())
+        return FetchResult(previous, skipped=True, transfer=Transfer(), leftovers_removed=removed)
     shard = reader.read_case(case_id, identity, columns)
     manifest = _write_case(store, shard, reader.source.repo_id)
-    return FetchResult(manifest, skipped=False, transfer=shard.transfer)
+    return FetchResult(manifest, skipped=False, transfer=shard.transfer, leftovers_removed=removed)
 
 
 def _write_case(store: CaseStore, shard: CaseShard, repo_id: str) -> CaseManifest:

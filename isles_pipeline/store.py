@@ -2,20 +2,26 @@
 
 Every file access of the pipeline goes through :class:`CaseStore`, so that ``ISLES_DATA_DIR`` can
 be a local folder or shared storage (``s3://``, ``gs://``; ``memory://`` in tests) alike.
-Writes are atomic: bytes go to a temporary sibling that is renamed into place, so a failure
-leaves either the previous good file or nothing, never a half-written one.
+Writes are atomic, so a failure leaves either the previous good file or nothing, never a
+half-written one: on a local disk bytes go to a temporary sibling that is renamed into place; on an
+object store each file is one PUT, which the store publishes whole or not at all (no temporary
+objects, no copy). A writer killed mid-write can leave a local temporary file behind;
+:meth:`CaseStore.remove_leftovers` removes those of a case before the case is written again.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
 from upath import UPath
 
 TMP_MARK = ".tmp-"
+# A write of the largest case file takes well under a second; a minute-old temporary file is dead.
+LEFTOVER_MIN_AGE_S = 60.0
 
 
 def sha256_hex(data: bytes) -> str:
@@ -39,27 +45,21 @@ class CaseStore:
 
     def write_bytes(self, target: UPath, data: bytes) -> str:
         """Write ``data`` atomically to ``target``; return its sha256."""
+        if not is_local(target):
+            target.fs.pipe_file(target.path, data)
+            return sha256_hex(data)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f"{target.name}{TMP_MARK}{uuid.uuid4().hex}")
         try:
             tmp.write_bytes(data)
-            self._replace(tmp, target)
+            os.replace(tmp.path, target.path)  # atomic on POSIX, replaces an existing file
         except BaseException:
-            if tmp.exists():
-                tmp.unlink()
+            tmp.unlink(missing_ok=True)
             raise
         return sha256_hex(data)
 
     def write_text(self, target: UPath, text: str) -> str:
         return self.write_bytes(target, text.encode("utf-8"))
-
-    @staticmethod
-    def _replace(src: UPath, dst: UPath) -> None:
-        if src.protocol in ("", "file", "local"):
-            os.replace(src.path, dst.path)  # atomic on POSIX, replaces an existing file
-        else:
-            # Object stores have no atomic rename; a copy then delete publishes whole objects only.
-            src.fs.mv(src.path, dst.path)
 
     def read_bytes(self, target: UPath) -> bytes:
         return target.read_bytes()
@@ -76,9 +76,29 @@ class CaseStore:
 
     def local_path(self, target: UPath) -> str | None:
         """A plain filesystem path for tools that need one, or None for remote storage."""
-        return target.path if target.protocol in ("", "file", "local") else None
+        return target.path if is_local(target) else None
 
-    def leftovers(self) -> Iterator[UPath]:
-        """Temporary files left by an interrupted write (there should be none)."""
-        if self.root.exists():
-            yield from (p for p in self.root.rglob("*") if TMP_MARK in p.name)
+    def leftovers(self, case_id: str | None = None) -> Iterator[UPath]:
+        """Temporary files left by an interrupted write, of one case or of the whole store."""
+        folder = self.case_path(case_id) if case_id else self.root
+        if folder.exists():
+            yield from (p for p in folder.rglob("*") if TMP_MARK in p.name)
+
+    def remove_leftovers(self, case_id: str, min_age_s: float = LEFTOVER_MIN_AGE_S) -> int:
+        """Delete the case's temporary files of crashed writes; return how many there were.
+
+        A local temporary file younger than ``min_age_s`` may belong to a write still in flight in
+        another run, so it is left alone. Object stores never hold temporary objects of a live write
+        (each file is one PUT), so any found there is a leftover."""
+        found = [p for p in self.leftovers(case_id) if not is_local(p) or _age_s(p) >= min_age_s]
+        for path in found:
+            path.unlink(missing_ok=True)
+        return len(found)
+
+
+def is_local(path: UPath) -> bool:
+    return path.protocol in ("", "file", "local")
+
+
+def _age_s(path: UPath) -> float:
+    return time.time() - os.stat(path.path).st_mtime

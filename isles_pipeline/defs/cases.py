@@ -19,6 +19,7 @@ def fetch_metadata(result: FetchResult) -> dict:
         "shard_oid": summary["shard_oid"],
         "shard_bytes": dg.MetadataValue.int(summary["shard_bytes"]),
         "skipped_download": dg.MetadataValue.bool(result.skipped),
+        "leftovers_removed": dg.MetadataValue.int(result.leftovers_removed),
         "bytes_transferred": dg.MetadataValue.int(summary["bytes_transferred"]),
         "range_requests": dg.MetadataValue.int(summary["range_requests"]),
         "retries": dg.MetadataValue.int(summary["retries"]),
@@ -47,6 +48,8 @@ def case_inputs(
     def fetch(case_id: str) -> CaseOutcome:
         result = fetch_case(reader, store, case_id)
         verb = "unchanged, download skipped" if result.skipped else f"{result.transfer.bytes:,} bytes in {result.transfer.requests} range requests"
+        if result.leftovers_removed:
+            verb += f"; {result.leftovers_removed} temporary file(s) of crashed writes removed"
         context.log.info(f"case {case_id}: {verb}")
         return CaseOutcome(metadata=fetch_metadata(result), data_version=result.manifest.shard_oid)
 
