@@ -37,7 +37,7 @@ def call_with_retries(
     fn: Callable[[], T],
     what: str,
     attempts: int = 4,
-    base_s: float = 0.5,
+    base_s: float = 1.0,
     max_s: float = 8.0,
     on_retry: Callable[[int, BaseException], None] | None = None,
 ) -> T:
