@@ -20,6 +20,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -142,7 +143,9 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 30.0) -> list
 
 def start_dagster_dev(port: int, env: dict[str, str], log_path: Path, repo_root: Path = REPO_ROOT) -> subprocess.Popen:
     """``dagster dev -w workspace.yaml`` in ``repo_root``, in a new session; output to ``log_path``."""
-    command = ["dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    # The venv's own dagster, also when the tests run as `.venv/bin/python -m pytest` unactivated.
+    beside = Path(sys.executable).with_name("dagster")
+    command = [str(beside) if beside.exists() else "dagster", "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
     with open(log_path, "wb") as log:
         return subprocess.Popen(
             command, cwd=repo_root, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

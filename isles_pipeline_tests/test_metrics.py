@@ -192,15 +192,22 @@ def uint16_mask_image(raw: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
 
 
 def test_uint16_masks_are_scaled_before_binarising():
+    """The dataset's masks: uint16 with scale 1/65535, so the stored 65535 is lesion 1.0."""
     raw = np.zeros((4, 1, 1), dtype=np.uint16)
-    raw[0] = 65535  # 1.0 after scaling: lesion
-    raw[1] = 40000  # 0.61: lesion
-    raw[3] = 30000  # 0.46: background (a raw threshold would call it lesion)
+    raw[:2] = 65535
     image = uint16_mask_image(raw, ML_AFFINE)
     assert image.dataobj.get_unscaled()[0, 0, 0] == 65535  # the test really stores {0, 65535}
     truth = nib.Nifti1Image(np.array([1, 1, 0, 0], np.uint8).reshape(4, 1, 1), ML_AFFINE)
     s = score_images(image, truth)
     assert (s.dice, s.pred_ml, s.gt_ml, s.pred_lesions) == (1.0, 2 * ML, 2 * ML, 1)
+
+
+def test_a_scaled_mask_with_more_than_one_positive_value_is_refused_with_its_values():
+    """0.61 and 0.46 after scaling are no lesion label: a threshold would keep one and drop the other."""
+    raw = np.array([65535, 40000, 0, 30000], dtype=np.uint16).reshape(4, 1, 1)
+    truth = nib.Nifti1Image(np.array([1, 1, 0, 0], np.uint8).reshape(4, 1, 1), ML_AFFINE)
+    with pytest.raises(nifti.NiftiError, match=r"not a binary lesion mask: values 0, 0.457771, 0.610361, 1"):
+        score_images(uint16_mask_image(raw, ML_AFFINE), truth)
 
 
 def test_score_images_refuses_different_shapes():
