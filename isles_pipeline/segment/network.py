@@ -28,7 +28,7 @@ import torch
 from monai.inferers import sliding_window_inference
 
 from isles_pipeline.nifti import voxel_sizes_mm
-from isles_pipeline.segment.base import check_segment_inputs, resolve_device
+from isles_pipeline.segment.base import check_segment_inputs, mri_pair, resolve_device
 from isles_pipeline.segment.checkpoints import CheckpointError, LoadedModel, load_models
 from isles_pipeline.segment.resample import resampled_shape, resize, zscore_nonzero
 
@@ -146,6 +146,10 @@ class NetworkSegmenter:
             self.settings = resolve_settings(self.explicit, models)
             self._models = models
         return self._models
+
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
+        """:meth:`segment` on the case's DWI and ADC (other images are not read)."""
+        return self.segment(*mri_pair(images, self.name), affine)
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """The boolean lesion mask of one case on its input grid."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import cc3d
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from isles_pipeline.nifti import voxel_sizes_mm, voxel_volume_ml
-from isles_pipeline.segment.base import check_segment_inputs, resolve_device
+from isles_pipeline.segment.base import check_segment_inputs, mri_pair, resolve_device
 
 # Typical normal-brain ADC, in each unit a file may use (value = the brain median in that unit).
 ADC_UNIT_BRAIN_MEDIAN = {"1e-3 mm^2/s": 1.0, "1e-6 mm^2/s": 1000.0}
@@ -187,6 +188,10 @@ class RuleSegmenter:
         self.device: torch.device = resolve_device(device)
         self.params = RuleParams(**params)
         self.last_info: dict[str, object] = {}
+
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
+        """:meth:`segment` on the case's DWI and ADC (other images are not read)."""
+        return self.segment(*mri_pair(images, self.name), affine)
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Boolean lesion mask of the input's shape, from float DWI and ADC on the grid ``affine``."""

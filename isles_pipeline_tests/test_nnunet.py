@@ -1,0 +1,120 @@
+"""The ``nnunet`` segmenter against nnunetv2's own predictor, on a model folder nnunetv2 planned.
+
+The model folder comes from nnunetv2's fingerprint extractor and experiment planner on a tiny
+generated dataset (see ``nnunet_models``); its two folds have random weights. The segmenter's
+mask must equal, voxel for voxel, what ``nnUNetPredictor`` writes for the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("nnunetv2")
+
+import torch  # noqa: E402
+
+from isles_pipeline import nifti  # noqa: E402
+from isles_pipeline.predict import predict_image_files, predict_images  # noqa: E402
+from isles_pipeline.segment.channels import input_columns_for  # noqa: E402
+from isles_pipeline.segment.registry import make_segmenter  # noqa: E402
+from isles_pipeline_tests.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
+from isles_pipeline_tests.test_cli import cli  # noqa: E402
+
+FOLDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def mri_model(tmp_path_factory):
+    """An nnU-Net DWI+ADC model folder with two folds, and one case written on an oblique grid."""
+    work = tmp_path_factory.mktemp("nnunet_mri")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model, cases = build_model_folder(work, monkeypatch, channels=("DWI", "ADC"), folds=FOLDS)
+        case = _oblique_copy(cases[1], work / "case")
+        set_lesion_bias(model, FOLDS, case, fraction=0.1)
+    return model, case
+
+
+def _oblique_copy(paths: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """The case's images on a rotated, flipped, shifted grid (same voxels, another affine)."""
+    folder.mkdir(parents=True)
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    out = {}
+    for k, (column, path) in enumerate(paths.items()):
+        image = nib.load(path)
+        affine = np.eye(4)
+        affine[:3, :3] = rotation @ np.diag([-1.5, 1.5, 2.0])
+        affine[:3, 3] = [40.0, -12.0, 7.5]
+        out[column] = folder / f"case_{k:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32), affine), out[column])
+    return out
+
+
+def _predictor_mask(model: Path, case: dict[str, Path], out: Path) -> np.ndarray:
+    """nnU-Net's own prediction from the files, as it writes it (read back on the voxel grid)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=FOLDS, checkpoint_name="checkpoint_final.pth")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(out / "case")])
+    return np.asarray(nib.load(out / "case.nii.gz").dataobj) > 0
+
+
+def test_mask_equals_nnunet_predictor_with_two_folds(mri_model, tmp_path):
+    model, case = mri_model
+    segmenter = make_segmenter("nnunet", device="cpu", checkpoint=str(model))
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
+    result = predict_images(segmenter, images)
+    expected = _predictor_mask(model, case, tmp_path / "reference")
+    mask = np.asarray(result.mask.dataobj) > 0
+    assert np.array_equal(mask, expected)
+    assert 0 < int(mask.sum()) < mask.size  # the bias makes it neither empty nor full
+    np.testing.assert_array_equal(result.mask.affine, images["dwi"].affine)  # on the input grid
+    assert segmenter.last_info["folds"] == [0, 1]
+    assert result.device == "cpu" and result.fallbacks == ()
+    # The predictor is built once and reused for the next case.
+    predictor = segmenter.load()
+    predict_images(segmenter, images)
+    assert segmenter.load() is predictor
+
+
+def test_cli_writes_the_same_mask(mri_model, tmp_path):
+    model, case = mri_model
+    in_process = predict_image_files(case, tmp_path / "api.nii.gz", "nnunet", "cpu", str(model))
+    run = cli("segment", "--segmenter", "nnunet", "--checkpoint", str(model), "--device", "cpu",
+              "--dwi", str(case["dwi"]), "--adc", str(case["adc"]), "--out", str(tmp_path / "cli.nii.gz"))
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    written = (tmp_path / "cli.nii.gz").read_bytes()
+    assert summary["sha256"] == hashlib.sha256(written).hexdigest() == in_process["sha256"]
+    assert summary["device"] == "cpu" and summary["fallbacks"] == []
+
+
+def test_options_reach_the_predictor(mri_model):
+    model, _ = mri_model
+    segmenter = make_segmenter("nnunet", device="cpu", checkpoint=str(model), tile_step_size=0.75, use_mirroring=False, folds=[1])
+    predictor = segmenter.load()
+    assert (predictor.tile_step_size, predictor.use_mirroring, predictor.use_gaussian) == (0.75, False, True)
+    assert len(predictor.list_of_parameters) == 1
+
+
+def test_channels_come_from_dataset_json(mri_model, tmp_path):
+    model, case = mri_model
+    assert input_columns_for("nnunet", str(model)) == ("dwi", "adc")
+    assert input_columns_for("rules") == ("dwi", "adc")
+    segmenter = make_segmenter("nnunet", device="cpu", checkpoint=str(model))
+    adc = nifti.decode(case["adc"].read_bytes(), "adc")
+    with pytest.raises(ValueError, match=r"reads dwi, adc; the case has no dwi \(it has adc\)"):
+        predict_images(segmenter, {"adc": adc})
+    flair = tmp_path / "flair_model"
+    flair.mkdir()
+    (flair / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "DWI"}}))
+    with pytest.raises(ValueError, match="'FLAIR' that no shard column provides .*ncct, cta, tmax, mtt, cbf, cbv, dwi, adc"):
+        input_columns_for("nnunet", str(flair))
