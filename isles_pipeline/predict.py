@@ -33,11 +33,12 @@ class Prediction:
     info: dict = field(default_factory=dict)  # the segmenter's own record (ADC unit, folds ...)
 
     def record(self) -> dict:
-        """The JSON-ready facts of how the mask was made (prediction.json, CLI summary)."""
+        """How the mask was made, as scalars (prediction.json; the metrics record and the report
+        table carry its keys on): the fallbacks joined with "; ", "" when none were taken."""
         return {
             "device": self.device,
             "requested_device": self.requested_device,
-            "fallbacks": list(self.fallbacks),
+            "fallbacks": "; ".join(self.fallbacks),
             "seconds": round(self.seconds, 4),
         }
 
@@ -108,6 +109,7 @@ def predict_image_files(
         "sha256": sha,
         "segmenter": segmenter.name,
         **result.record(),
+        "fallbacks": list(result.fallbacks),
         "seconds": round(result.seconds, 3),
         "predicted_ml": round(result.predicted_ml, 4),
     }

@@ -48,7 +48,7 @@ def case_prediction(
                 "segmenter": model.name,
                 "device": result.device,
                 "requested_device": result.requested_device,
-                "fallbacks": dg.MetadataValue.json(list(result.fallbacks)),
+                "fallbacks": dg.MetadataValue.text("; ".join(result.fallbacks) or "none"),
                 "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
                 "predicted_ml": dg.MetadataValue.float(round(result.predicted_ml, 4)),
                 "path": dg.MetadataValue.path(str(target)),
