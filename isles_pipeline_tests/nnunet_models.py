@@ -27,8 +27,9 @@ def write_case(folder: Path, case: str, channels: Sequence[str], seed: int, shap
     rng = np.random.default_rng(seed)
     affine = np.diag([*spacing, 1.0])
     lesion = np.zeros(shape, np.uint8)
-    lo = rng.integers(6, 14, size=3)
-    lesion[lo[0] : lo[0] + 8, lo[1] : lo[1] + 8, lo[2] : lo[2] + 6] = 1
+    size = [max(2, n // 4) for n in shape]
+    lo = [int(rng.integers(n // 5, n - s - n // 5 + 1)) for n, s in zip(shape, size, strict=True)]
+    lesion[lo[0] : lo[0] + size[0], lo[1] : lo[1] + size[1], lo[2] : lo[2] + size[2]] = 1
     paths = {}
     for k, name in enumerate(channels):
         base = rng.normal(100.0 + 40 * k, 10.0, shape).astype(np.float32)
@@ -46,6 +47,7 @@ def write_case(folder: Path, case: str, channels: Sequence[str], seed: int, shap
 def build_model_folder(
     work: Path, monkeypatch, channels: Sequence[str] = ("DWI", "ADC"), folds: Sequence[int] = (0, 1),
     dataset_id: int = 501, cases: int = 3, lesion_fraction: float = 0.1,
+    shape: Sequence[int] = (32, 32, 32), spacing: Sequence[float] = (1.5, 1.5, 2.0),
 ) -> tuple[Path, list[dict[str, Path]]]:
     """A trained-model folder (dataset.json, plans.json, fold_K/checkpoint_final.pth) and the
     raw cases' image paths."""
@@ -61,7 +63,7 @@ def build_model_folder(
         monkeypatch.setenv(variable, str(work / variable))
     name = f"Dataset{dataset_id:03d}_Tiny"
     raw = work / "nnUNet_raw" / name
-    case_paths = [write_case(raw, f"case_{i:03d}", channels, seed=i) for i in range(cases)]
+    case_paths = [write_case(raw, f"case_{i:03d}", channels, seed=i, shape=tuple(shape), spacing=tuple(spacing)) for i in range(cases)]
     dataset_json = {
         "channel_names": {str(k): channel for k, channel in enumerate(channels)},
         "labels": {"background": 0, "lesion": 1},

@@ -118,3 +118,76 @@ def test_channels_come_from_dataset_json(mri_model, tmp_path):
     (flair / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "DWI"}}))
     with pytest.raises(ValueError, match="'FLAIR' that no shard column provides .*ncct, cta, tmax, mtt, cbf, cbv, dwi, adc"):
         input_columns_for("nnunet", str(flair))
+
+
+# ---------------------------------------------------------------- a CT perfusion model on a replica
+
+CT_CASE = "sub-stroke0001"
+CT_COLUMNS = ("tmax", "cbf")
+
+
+def _column_chunk_bytes(shard: Path, columns: tuple[str, ...]) -> int:
+    """Bytes of these columns' chunks, from the shard's own footer."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_metadata(shard)
+    return sum(
+        metadata.row_group(g).column(i).total_compressed_size
+        for g in range(metadata.num_row_groups)
+        for i in range(metadata.num_columns)
+        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in columns
+    )
+
+
+def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_path):
+    """A Tmax+CBF model: case_inputs-style fetch of only those columns (bytes counted by the
+    server), then the CLI and the Dagster asset, both equal to nnUNetPredictor on the files."""
+    import dagster as dg
+
+    from isles_pipeline.catalogue import DEFAULT_REPO_ID, shard_path
+    from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource
+    from isles_pipeline.defs.segmentation import PREDICTION_FILE, PREDICTION_INFO_FILE, case_prediction
+    from isles_pipeline.hub.phantom import GRIDS
+    from isles_pipeline.inputs import fetch_case
+    from isles_pipeline.source import ShardReader, ShardSource
+    from isles_pipeline.store import CaseStore
+
+    store = CaseStore(tmp_path / "data")
+    hub.reset_stats()
+    fetched = fetch_case(ShardReader(ShardSource(DEFAULT_REPO_ID, "main", hub.url)), store, CT_CASE, columns=(*CT_COLUMNS, "lesion_mask"))
+    served = hub.stats.bytes_sent
+    needed = _column_chunk_bytes(replica_dir / shard_path(CT_CASE), (*CT_COLUMNS, "lesion_mask"))
+    assert set(fetched.manifest.files) == {*CT_COLUMNS, "lesion_mask"}
+    assert served <= 1.05 * needed + 128 * 1024
+    assert served < (replica_dir / shard_path(CT_CASE)).stat().st_size / 4  # ctp, dwi, adc stay on the server
+
+    tiny = GRIDS["tiny"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model, _ = build_model_folder(tmp_path / "nnunet_ct", monkeypatch, channels=("Tmax", "CBF"), folds=(0,),
+                                      dataset_id=502, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
+    case = {column: Path(store.local_path(store.case_path(CT_CASE, fetched.manifest.files[column].name))) for column in CT_COLUMNS}
+    set_lesion_bias(model, (0,), case, fraction=0.05)
+    assert input_columns_for("nnunet", str(model)) == CT_COLUMNS
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    predictor.predict_from_files_sequential([[str(case["tmax"]), str(case["cbf"])]], [str(tmp_path / "reference")])
+    expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
+    assert 0 < int(expected.sum()) < expected.size
+
+    run = cli("segment", "--segmenter", "nnunet", "--checkpoint", str(model), "--device", "cpu",
+              "--image", f"tmax={case['tmax']}", "--image", f"cbf={case['cbf']}", "--out", str(tmp_path / "cli.nii.gz"))
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "cli.nii.gz").dataobj) > 0, expected)
+
+    segmenter = SegmenterResource(name="nnunet", device="cpu", checkpoint=str(model))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([case_prediction], partition_key=CT_CASE, instance=instance,
+                                resources={"case_store": CaseStoreResource(data_dir=str(store.root)), "segmenter": segmenter})
+    assert result.success
+    written = store.read_bytes(store.case_path(CT_CASE, PREDICTION_FILE))
+    assert hashlib.sha256(written).hexdigest() == json.loads(run.stdout)["sha256"]
+    info = json.loads(store.read_bytes(store.case_path(CT_CASE, PREDICTION_INFO_FILE)))
+    assert (info["segmenter"], info["device"], info["fallbacks"]) == ("nnunet", "cpu", "")
