@@ -29,7 +29,7 @@ from isles_pipeline.segment.checkpoints import (
     torchscript_bytes,
 )
 from isles_pipeline.segment.network import NetworkSegmenter, network_input
-from isles_pipeline.segment.resample import pad_to_at_least, resize
+from isles_pipeline.segment.resample import pad_to_at_least, to_target_spacing
 
 ARCHS = ("SegResNet", "DynUNet")
 # Both networks below downsample three times: patches must be multiples of 2**3.
@@ -154,7 +154,7 @@ def prepare_case(case: TrainingCase, config: TrainConfig, device: torch.device) 
     image = network_input(case.dwi, case.adc, case.affine, config.target_spacing, device)
     mask = torch.from_numpy(np.asarray(case.mask, dtype=np.float32))[None, None].to(device)
     # Trilinear then 0.5 keeps thin lesions' shape better than nearest on anisotropic grids.
-    label = (resize(mask, image.shape[2:]) > 0.5).float()
+    label = (to_target_spacing(mask, case.affine, config.target_spacing) > 0.5).float()
     image = pad_to_at_least(image, config.patch_size)[0]
     label = pad_to_at_least(label, config.patch_size)[0]
     return _PreparedCase(image=image, label=label, lesion_voxels=torch.nonzero(label[0]))
