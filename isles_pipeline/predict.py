@@ -22,6 +22,9 @@ if TYPE_CHECKING:  # segment.base imports torch, which the Dagster code location
     from .segment.base import Segmenter
 
 
+INFERRED_KEYS = ("adc_unit",)
+
+
 @dataclass(frozen=True)
 class Prediction:
     mask: nib.Nifti1Image
@@ -35,12 +38,15 @@ class Prediction:
     def record(self) -> dict:
         """How the mask was made, as scalars (prediction.json; the metrics record and the report
         table carry its keys on): the fallbacks joined with "; ", "" when none were taken."""
-        return {
+        record = {
             "device": self.device,
             "requested_device": self.requested_device,
             "fallbacks": "; ".join(self.fallbacks),
             "seconds": round(self.seconds, 4),
         }
+        # What the segmenter inferred about the input, where it says (the rule: the ADC unit).
+        record.update({key: str(self.info[key]) for key in INFERRED_KEYS if key in self.info})
+        return record
 
 
 def predict(segmenter: Segmenter, dwi: nib.Nifti1Image, adc: nib.Nifti1Image) -> Prediction:

@@ -10,7 +10,7 @@ import dagster as dg
 
 from .. import nifti
 from ..inputs import read_case_images
-from ..predict import predict_images
+from ..predict import INFERRED_KEYS, predict_images
 from ..segment.channels import input_columns_for
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
@@ -49,6 +49,7 @@ def case_prediction(
                 "device": result.device,
                 "requested_device": result.requested_device,
                 "fallbacks": dg.MetadataValue.text("; ".join(result.fallbacks) or "none"),
+                **{key: value for key, value in result.record().items() if key in INFERRED_KEYS},
                 "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
                 "predicted_ml": dg.MetadataValue.float(round(result.predicted_ml, 4)),
                 "path": dg.MetadataValue.path(str(target)),
