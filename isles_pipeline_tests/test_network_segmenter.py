@@ -24,9 +24,8 @@ from isles_pipeline.segment.checkpoints import (
     state_dict_checkpoint_bytes,
     torchscript_bytes,
 )
-from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter
+from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter, network_input
 from isles_pipeline.segment.registry import make_segmenter
-from isles_pipeline.segment.resample import zscore_nonzero as zscore_tensor
 from isles_pipeline.segment.rules import RuleParams, RuleSegmenter
 
 CPU = torch.device("cpu")
@@ -180,7 +179,8 @@ def test_zscore_uses_nonzero_voxels_per_channel_and_keeps_zeros() -> None:
     volume[:, :3] = 0.0  # background
     volume[1] *= 10  # channels are normalised independently
 
-    out = zscore_tensor(torch.from_numpy(volume)[None])[0].numpy()
+    # network_input at the grid's own spacing: MONAI's NormalizeIntensity(nonzero, channel_wise) only
+    out = network_input(volume[1], volume[0], np.eye(4), (1.0, 1.0, 1.0), torch.device("cpu"))[0].numpy()
 
     assert np.allclose(out[0], zscore_nonzero(volume[0]), atol=1e-5)
     assert np.allclose(out[1], zscore_nonzero(volume[1]), atol=1e-5)

@@ -26,10 +26,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from monai.transforms import NormalizeIntensity
 
 from isles_pipeline.segment.base import check_segment_inputs, mri_pair, resolve_device
 from isles_pipeline.segment.checkpoints import CheckpointError, LoadedModel, load_models
-from isles_pipeline.segment.resample import from_target_spacing, to_target_spacing, zscore_nonzero
+from isles_pipeline.segment.resample import from_target_spacing, to_target_spacing
 
 CheckpointSpecs = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | torch.nn.Module]
 CPU = torch.device("cpu")
@@ -252,7 +253,10 @@ def network_input(
     values count as 0). Training uses this too, so that both see identical inputs."""
     stacked = np.stack([np.asarray(adc, dtype=np.float32), np.asarray(dwi, dtype=np.float32)])
     image = torch.nan_to_num(torch.from_numpy(stacked)[None].to(device), nan=0.0, posinf=0.0, neginf=0.0)
-    return zscore_nonzero(to_target_spacing(image, affine, target_spacing))
+    resampled = to_target_spacing(image, affine, target_spacing)
+    # MONAI's own NormalizeIntensity, as NVAUTO's NormalizeIntensityd(nonzero=True, channel_wise=True).
+    normalised = NormalizeIntensity(nonzero=True, channel_wise=True)(resampled[0])
+    return torch.as_tensor(normalised)[None]
 
 
 def _release_cuda_cache() -> None:

@@ -86,32 +86,3 @@ def resize(volume: torch.Tensor, shape: Sequence[int], mode: str = "trilinear") 
     if mode == "nearest":
         return F.interpolate(volume, size=tuple(shape), mode="nearest-exact")
     return F.interpolate(volume, size=tuple(shape), mode=mode, align_corners=False)
-
-
-def zscore_nonzero(image: torch.Tensor) -> torch.Tensor:
-    """Z-score each channel of a ``(N, C, ...)`` tensor over its non-zero voxels; zeros stay 0.
-
-    This is MONAI's ``NormalizeIntensity(nonzero=True, channel_wise=True)``, written on tensors
-    so that it runs where the volume already is (a GPU) without a round trip through numpy.
-    """
-    out = torch.zeros_like(image)
-    for n in range(image.shape[0]):
-        for c in range(image.shape[1]):
-            channel = image[n, c]
-            inside = channel != 0
-            if not bool(inside.any()):
-                continue
-            values = channel[inside]
-            mean = values.mean()
-            std = values.std(unbiased=False)
-            scale = std if float(std) > 0 else torch.ones_like(std)
-            out[n, c][inside] = (values - mean) / scale
-    return out
-
-
-def pad_to_at_least(volume: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """Zero-pad the spatial dims of a ``(N, C, X, Y, Z)`` tensor at the end up to ``shape``."""
-    pads: list[int] = []
-    for size, want in reversed(list(zip(volume.shape[2:], shape, strict=True))):
-        pads += [0, max(0, want - size)]
-    return F.pad(volume, pads) if any(pads) else volume
