@@ -274,3 +274,32 @@ def test_validation_picks_and_exports_the_best_epoch() -> None:
     assert dice(segmenter.segment(v.dwi, v.adc, v.affine), v.mask) == pytest.approx(result.validation_dice[best], abs=1e-9)
     with pytest.raises(ValueError, match="more than one of training, validation and held-out"):
         train_segmenter(cases, [], config, validation=[cases[0]])
+
+
+def test_the_asset_trains_one_fold_with_disjoint_case_sets(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from isles_pipeline.defs.resources import CaseStoreResource
+    from isles_pipeline.defs.training import segmenter_checkpoint
+    from isles_pipeline.train.training import kfold_splits
+
+    store = CaseStore(tmp_path / "data")
+    ids = [f"sub-{i}" for i in range(5)]
+    for i, case_id in enumerate(ids):
+        write_case_inputs(store, blob_case(case_id, seed=60 + i))
+    config = {"train_case_ids": ids[:4], "held_out_case_ids": ids[4:], "folds": 2, "fold": 1, "epochs": 2, "steps_per_epoch": 1,
+              "batch_size": 2, "patch_size": [16, 16, 16], "init_filters": 8, "target_spacing": [2.0, 2.0, 2.0], "device": "cpu"}
+    result = dg.materialize([segmenter_checkpoint], resources={"case_store": CaseStoreResource(data_dir=str(store.root))},
+                            run_config={"ops": {"segmenter_checkpoint": {"config": config}}})
+    assert result.success
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("segmenter_checkpoint")[0].metadata.items()}
+    train, validation, held_out = metadata["train_case_ids"], metadata["validation_case_ids"], list(metadata["held_out_dice"])
+    assert (train, validation) == tuple(kfold_splits(ids[:4], 2, seed=0)[1])
+    assert len(train) == len(validation) == 2 and held_out == ["sub-4"]
+    assert not (set(train) & set(validation) or set(train) & set(held_out) or set(validation) & set(held_out))
+    assert sorted(metadata["validation_dice"]) == ["1", "2"] and metadata["best_epoch"] in (1, 2)
+
+    leaky = {**config, "folds": 0, "validation_case_ids": ["sub-0"]}
+    failed = dg.materialize([segmenter_checkpoint], resources={"case_store": CaseStoreResource(data_dir=str(store.root))},
+                            run_config={"ops": {"segmenter_checkpoint": {"config": leaky}}}, raise_on_error=False)
+    assert not failed.success
