@@ -191,3 +191,17 @@ def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_pa
     assert hashlib.sha256(written).hexdigest() == json.loads(run.stdout)["sha256"]
     info = json.loads(store.read_bytes(store.case_path(CT_CASE, PREDICTION_INFO_FILE)))
     assert (info["segmenter"], info["device"], info["fallbacks"]) == ("nnunet", "cpu", "")
+
+
+def test_the_segmenter_resource_builds_it_from_the_environment(mri_model, monkeypatch):
+    from isles_pipeline.defs.resources import SegmenterResource
+
+    model, _ = mri_model
+    for key, value in {"ISLES_SEGMENTER": "nnunet", "ISLES_CHECKPOINT": str(model), "ISLES_DEVICE": "cpu",
+                       "ISLES_TILE_STEP": "0.75", "ISLES_MIRRORING": "0", "ISLES_FOLDS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    resource = SegmenterResource.from_env()
+    assert (resource.name, resource.tile_step_size, resource.use_mirroring, resource.folds) == ("nnunet", 0.75, False, [1])
+    predictor = resource.get().load()
+    assert (predictor.tile_step_size, predictor.use_mirroring, len(predictor.list_of_parameters)) == (0.75, False, 1)
+    assert resource.get() is resource.get()  # built once per run
