@@ -104,14 +104,29 @@ def _fetch(args: argparse.Namespace) -> int:
 
 
 def _add_segment(sub: argparse._SubParsersAction) -> None:
-    seg = sub.add_parser("segment", help="segment a case from its DWI and ADC files")
-    seg.add_argument("--dwi", required=True, type=Path)
-    seg.add_argument("--adc", required=True, type=Path)
+    seg = sub.add_parser("segment", help="segment a case from its image files (DWI and ADC, or the modalities a model reads)")
+    seg.add_argument("--dwi", type=Path)
+    seg.add_argument("--adc", type=Path)
+    seg.add_argument("--image", action="append", default=[], type=_image, metavar="COLUMN=PATH",
+                     help="an image by shard column (ncct, cta, tmax, mtt, cbf, cbv, dwi, adc); repeatable")
     seg.add_argument("--out", required=True, type=Path, help="predicted mask, .nii.gz")
-    seg.add_argument("--segmenter", default="rules", type=_segmenter, help="rules (weight-free) or network")
+    seg.add_argument("--segmenter", default="rules", type=_segmenter, help="rules (weight-free), network or nnunet")
     seg.add_argument("--device", default="auto", type=_device, help="auto, cpu or cuda[:N]")
-    seg.add_argument("--checkpoint", default=None, help="network segmenter: checkpoint path(s) or Hub model repo id")
+    seg.add_argument("--checkpoint", default=None, help="network: checkpoint path(s) or Hub model repo id; nnunet: trained-model folder or Hub repo")
+    seg.add_argument("--tile-step-size", type=float, default=None, help="nnunet: sliding-window step as a fraction of the patch (default 0.5)")
+    seg.add_argument("--no-mirroring", action="store_true", help="nnunet: no test-time mirroring")
+    seg.add_argument("--folds", default=None, help="nnunet: folds to ensemble, e.g. 0,1 (default every fold present)")
     seg.set_defaults(run=_segment)
+
+
+def _image(text: str) -> tuple[str, Path]:
+    from .segment.channels import IMAGE_COLUMNS
+
+    column, sep, path = text.partition("=")
+    column = column.strip().lower()
+    if not sep or column not in IMAGE_COLUMNS or not path:
+        raise argparse.ArgumentTypeError(f"--image expects COLUMN=PATH with COLUMN one of {', '.join(IMAGE_COLUMNS)}, got {text!r}")
+    return column, Path(path)
 
 
 def _segmenter(name: str) -> str:
@@ -129,9 +144,22 @@ def _device(spec: str) -> str:
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .predict import predict_files
+    from .predict import predict_image_files
 
-    summary = predict_files(args.dwi, args.adc, args.out, args.segmenter, args.device, args.checkpoint)
+    paths = dict(args.image)
+    for column in ("dwi", "adc"):
+        if getattr(args, column) is not None:
+            paths[column] = getattr(args, column)
+    if not paths:
+        raise ValueError("no images given: use --dwi and --adc, or --image COLUMN=PATH")
+    options: dict[str, object] = {}
+    if args.tile_step_size is not None:
+        options["tile_step_size"] = args.tile_step_size
+    if args.no_mirroring:
+        options["use_mirroring"] = False
+    if args.folds:
+        options["folds"] = [int(f) if f.strip().isdigit() else f.strip() for f in args.folds.split(",")]
+    summary = predict_image_files(paths, args.out, args.segmenter, args.device, args.checkpoint, **options)
     print(json.dumps(summary, indent=2))
     return 0
 

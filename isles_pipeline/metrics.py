@@ -1,6 +1,9 @@
 """Scoring a predicted lesion mask against the ground truth: the official ISLES'22 and ISLES'24 numbers.
 
-Definitions (see ``shared/reference/metrics.md``): masks binarised at ``> 0.5``; components are
+Definitions (see ``shared/reference/metrics.md``): masks binarised at ``> 0.5`` after the header
+scaling (a uint16 {0, 65535} mask with scl_slope 1/65535 reads as {0, 1}; the official ISLES'24
+script truncates it to 0 and scores a perfect prediction Dice 0, see docs/network-segmenter.md,
+section 7; the > 0.5 rule is the right one); components are
 26-connected (cc3d); voxel volume from ``|det(affine[:3, :3])|``.
 
 * Dice = 2|P∩G| / (|P| + |G|), 1 when both are empty.

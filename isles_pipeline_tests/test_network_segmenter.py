@@ -24,9 +24,8 @@ from isles_pipeline.segment.checkpoints import (
     state_dict_checkpoint_bytes,
     torchscript_bytes,
 )
-from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter
+from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter, network_input
 from isles_pipeline.segment.registry import make_segmenter
-from isles_pipeline.segment.resample import zscore_nonzero as zscore_tensor
 from isles_pipeline.segment.rules import RuleParams, RuleSegmenter
 
 CPU = torch.device("cpu")
@@ -180,7 +179,8 @@ def test_zscore_uses_nonzero_voxels_per_channel_and_keeps_zeros() -> None:
     volume[:, :3] = 0.0  # background
     volume[1] *= 10  # channels are normalised independently
 
-    out = zscore_tensor(torch.from_numpy(volume)[None])[0].numpy()
+    # network_input at the grid's own spacing: MONAI's NormalizeIntensity(nonzero, channel_wise) only
+    out = network_input(volume[1], volume[0], np.eye(4), (1.0, 1.0, 1.0), torch.device("cpu"))[0].numpy()
 
     assert np.allclose(out[0], zscore_nonzero(volume[0]), atol=1e-5)
     assert np.allclose(out[1], zscore_nonzero(volume[1]), atol=1e-5)
@@ -203,7 +203,8 @@ def test_oracle_through_resampling_and_sliding_window_matches_direct_mask(tmp_pa
     assert expected.sum() > 2000  # the lesions are real, not a few voxels
     assert dice(mask, expected) >= 0.95
     info = segmenter.last_info
-    assert info["resampled_shape"] == (45, 45, 48)  # 100*0.45, 100*0.45, 24*2 voxels of 1 mm
+    # MONAI 0.9 Spacing: round((n - 1) s / t) + 1 = round(99 * 0.45) + 1, round(23 * 2) + 1
+    assert info["resampled_shape"] == (46, 46, 47)
     assert info["roi_size"] == (24, 24, 24) and info["fallbacks"] == [] and info["device"] == "cpu"
 
 
@@ -214,14 +215,14 @@ def test_ensemble_averages_softmax_not_logits(tmp_path: Path) -> None:
     dwi, adc = blob_case((20, 20, 12), affine)
     paths = [save_script(ConstantNet(v), tmp_path / f"m{i}.ts") for i, v in enumerate((-10.0, 2.0, 2.0))]
     assert not NetworkSegmenter(paths[0], device="cpu").segment(dwi, adc, affine).any()
-    # One string as in ISLES_CHECKPOINT; the default ROI 192x192x128 shrinks to the volume
-    # rounded up to a multiple of 16.
+    # One string as in ISLES_CHECKPOINT; the default ROI 192x192x128 is kept (the inferer pads
+    # the 20x20x12 volume up to it, as MONAI's sliding_window_inference does).
     segmenter = NetworkSegmenter.from_spec(";".join(str(p) for p in paths), device="cpu")
 
     mask = segmenter.segment(dwi, adc, affine)
 
     assert mask.all()
-    assert segmenter.last_info["models"] == 3 and segmenter.last_info["roi_size"] == (32, 32, 16)
+    assert segmenter.last_info["models"] == 3 and segmenter.last_info["roi_size"] == (192, 192, 128)
 
 
 def test_ensemble_of_two_oracles_takes_the_averaged_decision(tmp_path: Path) -> None:
@@ -331,7 +332,7 @@ def test_a_checkpoint_sidecar_sets_the_options_not_given_explicitly(tmp_path: Pa
     assert (info["resampled_shape"], info["roi_size"], info["overlap"]) == ((20, 20, 12), (8, 8, 8), 0.25)
     # The explicit spacing wins; the ROI and overlap still come from the sidecar.
     assert explicit.settings == InferenceSettings((4.0, 4.0, 4.0), (8, 8, 8), 0.25, 8)
-    assert explicit.last_info["resampled_shape"] == (10, 10, 6)
+    assert explicit.last_info["resampled_shape"] == (11, 11, 7)  # round(39 / 4) + 1, round(23 / 4) + 1
 
 
 def test_without_a_sidecar_the_nvauto_recipe_applies(tmp_path: Path) -> None:

@@ -408,3 +408,22 @@ def test_write_shard_with_another_schema(good_row, tmp_path):
     table = pq.read_table(replica.write_shard(tmp_path / "old.parquet", row, schema))
     assert table.schema.names == ["subject_id", "dwi", "thrombolysis"]
     assert table.column("dwi")[0]["bytes"].as_py() == good_row["dwi"]["bytes"]
+
+
+def test_ct_maps_lie_on_the_case_grid_with_a_perfusion_deficit():
+    from isles_pipeline.hub.phantom import make_case
+    from isles_pipeline.hub.replica import ct_images
+    from isles_pipeline.nifti import as_mask
+
+    case = make_case("sub-stroke0003", grid="tiny")
+    maps = ct_images(case)
+    assert set(maps) == {"ncct", "cta", "tmax", "mtt", "cbf", "cbv"}
+    core, brain = as_mask(case.lesion_mask), case.brain_mask
+    assert core.any()
+    for column, image in maps.items():
+        assert image.shape == case.dwi.shape, column
+        np.testing.assert_allclose(image.affine, case.dwi.affine, err_msg=column)
+    mean = {column: (float(np.asarray(image.dataobj)[core].mean()), float(np.asarray(image.dataobj)[brain & ~core].mean())) for column, image in maps.items()}
+    assert mean["tmax"][0] > 6 > 2 > mean["tmax"][1]  # Tmax > 6 s marks the hypoperfused tissue
+    assert mean["cbf"][0] < 0.5 * mean["cbf"][1] and mean["cbv"][0] < mean["cbv"][1]
+    assert mean["mtt"][0] > mean["mtt"][1] and mean["ncct"][0] < mean["ncct"][1]  # early hypodensity

@@ -119,6 +119,25 @@ def test_real_case_diagnostics(real_prediction):
     assert set(info["seconds"]) == {"upload", "brain_mask", "statistics", "thresholds", "components"}
 
 
+@pytest.mark.parametrize(("factor", "median_text"), [(10.0, "8.23"), (100.0, "0.0823")])
+def test_adc_in_an_unknown_unit_is_refused_naming_the_median(real_case, factor, median_text):
+    """ADC x 10 reads as 8.2 x 10^-3 and ADC x 100 as 0.082 x 10^-3 (nearest unit 10^-6): neither is
+    a brain's; the rule refuses them instead of returning a silent Dice 0."""
+    dwi, adc, _, affine = real_case
+    with pytest.raises(ValueError, match=rf"brain median is {median_text}\d* x 10\^-3 mm\^2/s when read as 1e-[36] mm\^2/s \(a brain's is 0.4-2.0\)"):
+        RuleSegmenter(device="cpu").segment(dwi, adc * np.float32(factor), affine)
+
+
+def test_the_inferred_adc_unit_is_in_the_prediction_record(real_case):
+    import nibabel as nib
+
+    from isles_pipeline.predict import predict
+
+    dwi, adc, _, affine = real_case
+    result = predict(RuleSegmenter(device="cpu"), nib.Nifti1Image(dwi, affine), nib.Nifti1Image(adc * np.float32(1000.0), affine))
+    assert result.record()["adc_unit"] == "1e-6 mm^2/s"
+
+
 def test_adc_in_micro_units_gives_the_same_mask(real_case, real_prediction):
     dwi, adc, _, affine = real_case
     segmenter = RuleSegmenter(device="cpu")

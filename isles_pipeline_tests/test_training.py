@@ -3,6 +3,7 @@ the network segmenter loads and that segments unseen cases far better than trivi
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import nibabel as nib
@@ -209,3 +210,96 @@ def test_segmenter_checkpoint_asset_fails_clearly_without_case_inputs(tmp_path: 
     assert not result.success
     failure = result.failure_data_for_node("segmenter_checkpoint").error.message
     assert "case sub-9: stored inputs missing in" in failure and "materialise case_inputs for sub-9 first" in failure
+
+
+def test_kfold_splits_are_by_case_without_leakage() -> None:
+    from isles_pipeline.train.training import kfold_splits
+
+    ids = [f"sub-{i}" for i in range(11)]
+    splits = kfold_splits(ids, 5, seed=3)
+    assert len(splits) == 5 and kfold_splits(ids, 5, seed=3) == splits
+    validated = [case for _, validation in splits for case in validation]
+    assert sorted(validated) == sorted(ids)  # every case validated exactly once
+    for training, validation in splits:
+        assert not set(training) & set(validation) and sorted(training + validation) == sorted(ids)
+        assert len(validation) in (2, 3)
+    with pytest.raises(ValueError, match="repeat"):
+        kfold_splits(["a", "b", "a"], 2)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine() -> None:
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 4, "steps_per_epoch": 5, "warmup_epochs": 1, "learning_rate": 0.1})
+    model = torch.nn.Linear(2, 2)
+    optimiser = torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    from isles_pipeline.train.training import learning_rate_schedule
+
+    schedule = learning_rate_schedule(optimiser, config)
+    rates = []
+    for _ in range(20):
+        rates.append(optimiser.param_groups[0]["lr"])
+        optimiser.step()
+        schedule.step()
+    expected_warmup = [0.1 * (0.01 + 0.99 * k / 5) for k in range(5)]
+    np.testing.assert_allclose(rates[:5], expected_warmup, rtol=1e-6)
+    floor = 0.001
+    expected_cosine = [floor + (0.1 - floor) * (1 + math.cos(math.pi * k / 15)) / 2 for k in range(15)]
+    np.testing.assert_allclose(rates[5:], expected_cosine, rtol=1e-6)
+
+
+def test_augmentation_is_monai_and_seeded() -> None:
+    from isles_pipeline.train.training import PatchSampler
+
+    case = prepare_case(blob_case("a", seed=5), CONFIG, torch.device("cpu"))
+    plain = PatchSampler(TrainConfig(**{**CONFIG.__dict__, "augment": False}), 7, torch.device("cpu"))
+    first, again = (PatchSampler(CONFIG, 7, torch.device("cpu")) for _ in range(2))
+    patches = [first(case) for _ in range(6)]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(patches, (again(case) for _ in range(6)), strict=True))
+    plain_patches = [plain(case) for _ in range(6)]
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(patches, plain_patches, strict=True))
+    for image, label in patches:
+        assert image.shape == (2, 16, 16, 16) and set(torch.unique(label).tolist()) <= {0.0, 1.0}
+
+
+def test_validation_picks_and_exports_the_best_epoch() -> None:
+    cases = [blob_case(f"t-{i}", seed=20 + i) for i in range(4)]
+    validation = [blob_case("v-0", seed=40)]
+    config = TrainConfig(**{**CONFIG.__dict__, "epochs": 6, "steps_per_epoch": 3, "validate_every": 2})
+    result = train_segmenter(cases, [], config, validation=validation)
+    assert sorted(result.validation_dice) == [2, 4, 6]
+    best = max(result.validation_dice, key=result.validation_dice.get)
+    assert result.best_epoch == best and result.validation_case_ids == ["v-0"]
+    # The exported module is the best epoch's: run through the segmenter it scores that Dice again.
+    segmenter = NetworkSegmenter([result.module], device="cpu", sw_batch_size=config.batch_size, **result.inference)
+    v = validation[0]
+    assert dice(segmenter.segment(v.dwi, v.adc, v.affine), v.mask) == pytest.approx(result.validation_dice[best], abs=1e-9)
+    with pytest.raises(ValueError, match="more than one of training, validation and held-out"):
+        train_segmenter(cases, [], config, validation=[cases[0]])
+
+
+def test_the_asset_trains_one_fold_with_disjoint_case_sets(tmp_path: Path) -> None:
+    import dagster as dg
+
+    from isles_pipeline.defs.resources import CaseStoreResource
+    from isles_pipeline.defs.training import segmenter_checkpoint
+    from isles_pipeline.train.training import kfold_splits
+
+    store = CaseStore(tmp_path / "data")
+    ids = [f"sub-{i}" for i in range(5)]
+    for i, case_id in enumerate(ids):
+        write_case_inputs(store, blob_case(case_id, seed=60 + i))
+    config = {"train_case_ids": ids[:4], "held_out_case_ids": ids[4:], "folds": 2, "fold": 1, "epochs": 2, "steps_per_epoch": 1,
+              "batch_size": 2, "patch_size": [16, 16, 16], "init_filters": 8, "target_spacing": [2.0, 2.0, 2.0], "device": "cpu"}
+    result = dg.materialize([segmenter_checkpoint], resources={"case_store": CaseStoreResource(data_dir=str(store.root))},
+                            run_config={"ops": {"segmenter_checkpoint": {"config": config}}})
+    assert result.success
+    metadata = {k: v.value for k, v in result.asset_materializations_for_node("segmenter_checkpoint")[0].metadata.items()}
+    train, validation, held_out = metadata["train_case_ids"], metadata["validation_case_ids"], list(metadata["held_out_dice"])
+    assert (train, validation) == tuple(kfold_splits(ids[:4], 2, seed=0)[1])
+    assert len(train) == len(validation) == 2 and held_out == ["sub-4"]
+    assert not (set(train) & set(validation) or set(train) & set(held_out) or set(validation) & set(held_out))
+    assert sorted(metadata["validation_dice"]) == ["1", "2"] and metadata["best_epoch"] in (1, 2)
+
+    leaky = {**config, "folds": 0, "validation_case_ids": ["sub-0"]}
+    failed = dg.materialize([segmenter_checkpoint], resources={"case_store": CaseStoreResource(data_dir=str(store.root))},
+                            run_config={"ops": {"segmenter_checkpoint": {"config": leaky}}}, raise_on_error=False)
+    assert not failed.success

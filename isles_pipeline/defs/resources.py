@@ -56,13 +56,17 @@ class SegmenterResource(dg.ConfigurableResource):
     overlap: float | None = Field(default=None, description="network only: sliding-window overlap, [0, 1)")
     sw_batch_size: int | None = Field(default=None, description="network only: windows per forward pass")
     amp: bool | None = Field(default=None, description="network only: mixed precision on CUDA")
+    tile_step_size: float | None = Field(default=None, description="nnunet only: tile step, fraction of the patch (nnU-Net: 0.5)")
+    use_mirroring: bool | None = Field(default=None, description="nnunet only: test-time mirroring (nnU-Net: on)")
+    folds: list[int] | None = Field(default=None, description="nnunet only: folds to ensemble (default: every fold present)")
 
     _segmenter: object | None = PrivateAttr(default=None)
 
     @classmethod
     def from_env(cls) -> SegmenterResource:
         """ISLES_SEGMENTER, ISLES_DEVICE, ISLES_CHECKPOINT and the network options ISLES_TARGET_SPACING
-        ("1,1,1" or "1"), ISLES_ROI ("192,192,128"), ISLES_OVERLAP, ISLES_SW_BATCH, ISLES_AMP (1/0)."""
+        ("1,1,1" or "1"), ISLES_ROI ("192,192,128"), ISLES_OVERLAP, ISLES_SW_BATCH, ISLES_AMP (1/0),
+        and the nnunet options ISLES_TILE_STEP (0.5), ISLES_MIRRORING (1/0), ISLES_FOLDS ("0,1")."""
         env = os.environ
         return cls(
             name=env.get("ISLES_SEGMENTER", "rules"),
@@ -73,16 +77,23 @@ class SegmenterResource(dg.ConfigurableResource):
             overlap=_env_value("ISLES_OVERLAP", float),
             sw_batch_size=_env_value("ISLES_SW_BATCH", int),
             amp=_env_value("ISLES_AMP", _parse_bool),
+            tile_step_size=_env_value("ISLES_TILE_STEP", float),
+            use_mirroring=_env_value("ISLES_MIRRORING", _parse_bool),
+            folds=_env_value("ISLES_FOLDS", lambda text: [int(part) for part in text.split(",")]),
         )
 
     def network_options(self) -> dict[str, object]:
-        """The network options that are set (unset ones are left to sidecars and defaults)."""
+        """The model options that are set (unset ones are left to sidecars and defaults); the
+        registry hands each segmenter only its own."""
         options = {
             "target_spacing": self.target_spacing,
             "roi_size": self.roi_size,
             "overlap": self.overlap,
             "sw_batch_size": self.sw_batch_size,
             "amp": self.amp,
+            "tile_step_size": self.tile_step_size,
+            "use_mirroring": self.use_mirroring,
+            "folds": self.folds,
         }
         return {key: value for key, value in options.items() if value is not None}
 

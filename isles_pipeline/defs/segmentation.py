@@ -10,7 +10,8 @@ import dagster as dg
 
 from .. import nifti
 from ..inputs import read_case_images
-from ..predict import predict
+from ..predict import INFERRED_KEYS, predict_images
+from ..segment.channels import input_columns_for
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
 from .deployment import DEPLOYMENT, gpu_op_tags
@@ -38,17 +39,19 @@ def case_prediction(
     store, model = case_store.store(), segmenter.get()
 
     def segment(case_id: str) -> CaseOutcome:
-        images = read_case_images(store, case_id, ("dwi", "adc"))
-        result = predict(model, images["dwi"], images["adc"])
+        result = predict_images(model, read_case_images(store, case_id, input_columns_for(segmenter.name, segmenter.checkpoint)))
         target = store.case_path(case_id, PREDICTION_FILE)
         sha = store.write_bytes(target, nifti.encode(result.mask))
-        info = {"segmenter": model.name, "device": result.device, "seconds": round(result.seconds, 4)}
+        info = {"segmenter": model.name, **result.record()}
         store.write_text(store.case_path(case_id, PREDICTION_INFO_FILE), json.dumps(info, indent=2))
         context.log.info(f"case {case_id}: {result.predicted_ml:.2f} ml predicted in {result.seconds:.2f} s on {result.device}")
         return CaseOutcome(
             metadata={
                 "segmenter": model.name,
                 "device": result.device,
+                "requested_device": result.requested_device,
+                "fallbacks": dg.MetadataValue.text("; ".join(result.fallbacks) or "none"),
+                **{key: value for key, value in result.record().items() if key in INFERRED_KEYS},
                 "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
                 "predicted_ml": dg.MetadataValue.float(round(result.predicted_ml, 4)),
                 "path": dg.MetadataValue.path(str(target)),

@@ -35,6 +35,9 @@ class SegmenterCheckpointConfig(dg.Config):
 
     train_case_ids: list[str] = Field(description="cases to train on (their case_inputs must be materialised)")
     held_out_case_ids: list[str] = Field(default_factory=list, description="cases scored with the trained model")
+    validation_case_ids: list[str] = Field(default_factory=list, description="cases that pick the best epoch (exported)")
+    folds: int = Field(default=0, description="k >= 2: split train_case_ids into k folds by case; validate on fold `fold`")
+    fold: int = Field(default=0, description="which fold validates, when folds >= 2")
     epochs: int = 50
     steps_per_epoch: int = 16
     batch_size: int = 2
@@ -46,6 +49,10 @@ class SegmenterCheckpointConfig(dg.Config):
     seed: int = 0
     device: str = Field(default="auto", description="auto, cpu or cuda[:N]")
     amp: bool = True
+    augment: bool = Field(default=True, description="MONAI flips, affine and intensity augmentation")
+    warmup_epochs: int = Field(default=1, description="linear learning-rate warm-up, then a cosine")
+    validate_every: int = Field(default=1, description="epochs between validations")
+    time_budget_s: float | None = Field(default=None, description="stop after the epoch that passes this many seconds")
 
 
 def read_training_case(store: CaseStore, case_id: str) -> "TrainingCase":
@@ -72,11 +79,32 @@ def read_training_case(store: CaseStore, case_id: str) -> "TrainingCase":
 def _train_config(config: SegmenterCheckpointConfig) -> "TrainConfig":
     from ..train.training import TrainConfig
 
-    settings = config.model_dump(exclude={"train_case_ids", "held_out_case_ids"})
+    settings = config.model_dump(exclude={"train_case_ids", "held_out_case_ids", "validation_case_ids", "folds", "fold"})
     try:
         return TrainConfig(**{**settings, "patch_size": tuple(config.patch_size), "target_spacing": tuple(config.target_spacing)})
     except ValueError as exc:
         raise dg.Failure(f"invalid training config: {exc}") from exc
+
+
+def case_split(config: SegmenterCheckpointConfig) -> tuple[list[str], list[str], list[str]]:
+    """(training, validation, held-out) case ids, pairwise disjoint: with ``folds`` >= 2 the
+    validation cases are fold ``fold`` of ``train_case_ids`` split by case (``kfold_splits``)."""
+    from ..train.training import kfold_splits
+
+    training, validation = list(config.train_case_ids), list(config.validation_case_ids)
+    if config.folds >= 2:
+        if validation:
+            raise dg.Failure("give validation_case_ids or folds, not both")
+        try:
+            training, validation = kfold_splits(training, config.folds, config.seed)[config.fold]
+        except (ValueError, IndexError) as exc:
+            raise dg.Failure(f"cannot take fold {config.fold} of {config.folds} from {len(training)} cases: {exc}") from exc
+    held_out = list(config.held_out_case_ids)
+    groups = {"train": set(training), "validation": set(validation), "held-out": set(held_out)}
+    shared = sorted((groups["train"] & groups["validation"]) | (groups["train"] & groups["held-out"]) | (groups["validation"] & groups["held-out"]))
+    if not training or shared:
+        raise dg.Failure(f"need train_case_ids, disjoint from the validation and held-out cases (shared: {shared})")
+    return training, validation, held_out
 
 
 def _summary(config: SegmenterCheckpointConfig, result: "TrainResult", checkpoint_sha256: str) -> dict[str, object]:
@@ -86,6 +114,9 @@ def _summary(config: SegmenterCheckpointConfig, result: "TrainResult", checkpoin
         "arch": result.arch,
         "network_kwargs": result.network_kwargs,
         "losses": result.losses,
+        "validation_case_ids": result.validation_case_ids,
+        "validation_dice": result.validation_dice,
+        "best_epoch": result.best_epoch,
         "held_out_dice": result.held_out_dice,
         "inference": result.inference,
         "device": result.device,
@@ -116,18 +147,17 @@ def segmenter_checkpoint(
 ) -> dg.MaterializeResult:
     from ..train.training import save_loss_plot, train_segmenter
 
-    overlap = set(config.train_case_ids) & set(config.held_out_case_ids)
-    if not config.train_case_ids or overlap:
-        raise dg.Failure(f"need train_case_ids, disjoint from held_out_case_ids (shared: {sorted(overlap)})")
+    train_ids, validation_ids, held_out_ids = case_split(config)
     train_config = _train_config(config)
     store = case_store.store()
-    cases = [read_training_case(store, case_id) for case_id in config.train_case_ids]
-    held_out = [read_training_case(store, case_id) for case_id in config.held_out_case_ids]
+    cases = [read_training_case(store, case_id) for case_id in train_ids]
+    validation = [read_training_case(store, case_id) for case_id in validation_ids]
+    held_out = [read_training_case(store, case_id) for case_id in held_out_ids]
 
     def log_epoch(epoch: int, loss: float) -> None:
         context.log.info(f"epoch {epoch}/{config.epochs}: loss {loss:.4f}")
 
-    result = train_segmenter(cases, held_out, train_config, on_epoch=log_epoch)
+    result = train_segmenter(cases, held_out, train_config, on_epoch=log_epoch, validation=validation)
 
     checkpoint = store.path(*MODEL_AREA, "model.ts")
     checkpoint_sha256 = store.write_bytes(checkpoint, result.checkpoint_bytes())
@@ -146,7 +176,10 @@ def segmenter_checkpoint(
             "held_out_dice_mean": dg.MetadataValue.float(mean_dice) if held_out else dg.MetadataValue.null(),
             "held_out_dice": dg.MetadataValue.json(result.held_out_dice),
             "held_out_chance_dice": dg.MetadataValue.float(chance_dice(held_out)) if held_out else dg.MetadataValue.null(),
-            "train_case_ids": dg.MetadataValue.json(list(config.train_case_ids)),
+            "train_case_ids": dg.MetadataValue.json(train_ids),
+            "validation_case_ids": dg.MetadataValue.json(validation_ids),
+            "validation_dice": dg.MetadataValue.json({str(k): v for k, v in result.validation_dice.items()}),
+            "best_epoch": dg.MetadataValue.int(result.best_epoch) if result.best_epoch else dg.MetadataValue.null(),
             "held_out_case_ids": dg.MetadataValue.json(list(config.held_out_case_ids)),
             "loss_curve": dg.MetadataValue.md(_loss_markdown(png, str(loss_plot))),
             "loss_plot_path": dg.MetadataValue.path(str(loss_plot)),

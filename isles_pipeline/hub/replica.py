@@ -3,8 +3,9 @@
 ``build_replica`` writes ``OUT/data/train-{i:05d}-of-00149.parquet`` (i = the case's index in the
 full catalogue), one row per shard with every column of the real dataset in file order, plus a
 dataset card (``README.md``) and a manifest (``replica.json``) with the truth per case. DWI, ADC
-and the lesion mask are phantoms (``hub.phantom``); the other modalities are small valid NIfTIs,
-except ``ctp``, which is a large incompressible 4-D ``.nii.gz`` sitting where the real one does
+and the lesion mask are phantoms (``hub.phantom``); NCCT, CTA and the perfusion maps (Tmax, MTT,
+CBF, CBV) are plausible acute-CT stand-ins on the same grid (:func:`ct_images`); the vessel masks
+are small valid NIfTIs; ``ctp`` is a large incompressible 4-D ``.nii.gz`` sitting where the real one does
 (between ``cta`` and ``tmax``), so that reading the wrong columns shows in the bytes transferred.
 
 ``write_shard``/``write_rows`` write arbitrary column values with the real schema, and the
@@ -328,32 +329,79 @@ def clinical_values(case_id: str, seed: int = 0) -> dict[str, object]:
     return {column: None if nulls[column] else value for column, value in values.items()}
 
 
-def _small_images(case: PhantomCase) -> dict[str, nib.Nifti1Image]:
-    """Cheap valid stand-ins for the CT modalities: the phantom's brain and lesion sampled on a
-    coarse grid with the same field of view and orientation."""
+def _box_mean(volume: np.ndarray, radius: int) -> np.ndarray:
+    """Mean over a (2r+1)^3 box (edges clamped): a cheap blur, separable, by cumulative sums."""
+    out = volume.astype(np.float32)
+    for axis in range(3):
+        padded = np.pad(out, [(radius + 1, radius) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        sums = np.cumsum(padded, axis=axis, dtype=np.float64)
+        upper = np.take(sums, range(2 * radius + 1, sums.shape[axis]), axis=axis)
+        lower = np.take(sums, range(0, sums.shape[axis] - 2 * radius - 1), axis=axis)
+        out = ((upper - lower) / (2 * radius + 1)).astype(np.float32)
+    return out
+
+
+def _rounded(values: np.ndarray, step: float) -> np.ndarray:
+    """Values rounded to ``step`` (maps are stored at the precision scanners report; it also lets
+    gzip compress them)."""
+    return (np.rint(values / step) * step).astype(np.float32)
+
+
+def ct_images(case: PhantomCase) -> dict[str, nib.Nifti1Image]:
+    """Acute CT stand-ins on the case's grid (in ISLES'24 every map lies on the NCCT grid):
+    NCCT and CTA in HU, and perfusion maps with a deficit around the final infarct: Tmax and MTT
+    (s) raised, CBF (ml/100 g/min) lowered, CBV (ml/100 g) lowered in the core and kept or raised
+    in the penumbra, as CT perfusion shows an acute stroke."""
+    rng = case_rng(case.case_id, case.seed, "ct")
+    head = np.asarray(case.adc.dataobj) != 0  # the scanner zeroes the ADC in air
+    brain = case.brain_mask
+    core = nifti.as_mask(case.lesion_mask)
+    # The hypoperfused region reaches ~10 mm beyond the infarct that it becomes.
+    radius = max(1, int(round(10.0 / float(np.mean(case.grid.voxel_mm)))))
+    penumbra = (_box_mean(core, radius) > 0.02) & brain & ~core
+    shape = case.grid.shape
+
+    def noisy(inside: float, sigma: float) -> np.ndarray:
+        return inside + sigma * rng.standard_normal(shape, dtype=np.float32)
+
+    skull = head & ~brain
+    ncct = np.where(brain, noisy(35.0, 4.0) - 7.0 * core, -1000.0)
+    ncct = np.where(skull, 700.0, ncct)
+    cta = np.where(brain, noisy(45.0, 6.0) - 10.0 * core, -1000.0)
+    cta = np.where(skull, 700.0, cta)
+
+    def perfusion(normal: float, in_penumbra: float, in_core: float, sigma: float, step: float) -> np.ndarray:
+        value = np.where(core, in_core, np.where(penumbra, in_penumbra, normal)).astype(np.float32)
+        return _rounded(np.clip(noisy(0.0, sigma) + value, 0.0, None) * brain, step)
+
+    maps = {
+        "ncct": np.rint(ncct).astype(np.int16),
+        "cta": np.rint(cta).astype(np.int16),
+        "tmax": perfusion(1.0, 7.0, 11.0, 0.4, 0.1),
+        "mtt": perfusion(4.0, 7.5, 10.0, 0.5, 0.1),
+        "cbf": perfusion(50.0, 28.0, 10.0, 4.0, 1.0),
+        "cbv": perfusion(4.0, 4.4, 1.5, 0.3, 0.1),
+    }
+    return {column: nifti_image(data, case.affine) for column, data in maps.items()}
+
+
+def _vessel_images(case: PhantomCase) -> dict[str, nib.Nifti1Image]:
+    """Cheap valid stand-ins for the vessel masks: the lesion and brain sampled on a coarse grid
+    with the same field of view and orientation."""
     shape = case.grid.shape
     step = (max(1, shape[0] // 32), max(1, shape[1] // 32), max(1, shape[2] // 8))
     affine = case.affine @ np.diag([*step, 1.0])
     brain = case.brain_mask[::step[0], ::step[1], ::step[2]]
     lesion = nifti.as_mask(case.lesion_mask)[::step[0], ::step[1], ::step[2]]
     labels = (np.indices(brain.shape).sum(axis=0) % 4).astype(np.uint8) * brain
-    volumes = {
-        "ncct": np.where(brain, 35, -1000).astype(np.int16),
-        "cta": np.where(brain, 55, -1000).astype(np.int16),
-        "tmax": (brain * 2.0 + lesion * 8.0).astype(np.float32),
-        "mtt": (brain * 4.0 + lesion * 5.0).astype(np.float32),
-        "cbf": (brain * 50.0 - lesion * 35.0).astype(np.float32),
-        "cbv": (brain * 4.0 - lesion * 2.5).astype(np.float32),
-        "lvo_mask": lesion.astype(np.uint8),
-        "cow_segmentation": labels,
-    }
+    volumes = {"lvo_mask": lesion.astype(np.uint8), "cow_segmentation": labels}
     return {column: nifti_image(data, affine) for column, data in volumes.items()}
 
 
 def phantom_row(case: PhantomCase, *, ctp_mb: float = 20) -> dict[str, object]:
     """The good row of a generated case: every column of the real schema."""
     missing = set(missing_modalities(case.case_id))
-    images = {**_small_images(case), **case.images}
+    images = {**ct_images(case), **_vessel_images(case), **case.images}
     row: dict[str, object] = {"subject_id": case.case_id}
     for column in NIFTI_COLUMNS:
         if column in missing:

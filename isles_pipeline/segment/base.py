@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -14,13 +15,27 @@ class Segmenter(Protocol):
 
     ``segment`` takes the DWI and ADC voxel arrays of one case (float32, same 3-D shape, header
     scaling applied, any orientation) and the grid's 4x4 affine (voxel -> mm), and returns a
-    boolean mask of that shape.
+    boolean mask of that shape. ``segment_images`` is the same for any modalities: the images by
+    shard column (``dwi``, ``adc``, ``tmax``, ``cbf`` ...), of which the segmenter reads the ones it
+    needs. After a call, ``last_info`` says how the mask was made; its ``device`` is the device
+    that produced it and ``fallbacks`` lists every retry taken (for example out of memory on CUDA).
     """
 
     name: str
     device: torch.device
+    last_info: dict[str, object]
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray: ...
+
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray: ...
+
+
+def mri_pair(images: Mapping[str, np.ndarray], segmenter: str) -> tuple[np.ndarray, np.ndarray]:
+    """The DWI and ADC among a case's images, for segmenters that read those two."""
+    missing = [column for column in ("dwi", "adc") if column not in images]
+    if missing:
+        raise ValueError(f"segmenter {segmenter} reads dwi and adc; the case has no {', '.join(missing)} (it has {', '.join(images) or 'no images'})")
+    return images["dwi"], images["adc"]
 
 
 def check_segment_inputs(dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> None:

@@ -1,11 +1,67 @@
-"""Which shard image columns a segmenter reads, so that ``case_inputs`` fetches only those."""
+"""Which shard image columns a segmenter reads, so that ``case_inputs`` fetches only those.
+
+The built-in segmenters read DWI and ADC. An nnU-Net model names its input channels in its
+``dataset.json`` (``channel_names``: {"0": "DWI", "1": "ADC"}); :func:`column_for_channel` maps
+each name, case-insensitively and through common aliases, to one of the shard's image columns.
+"""
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 # The MRI pair every built-in segmenter reads.
 MRI_COLUMNS = ("dwi", "adc")
+# Every image column of an ISLES'24 shard a model may read (all on one grid per case, see isles24.md).
+IMAGE_COLUMNS = ("ncct", "cta", "tmax", "mtt", "cbf", "cbv", "dwi", "adc")
+# Other names models give these channels (compared lower-case, without spaces, '-', '_' or '.').
+ALIASES = {
+    "dwi": ("dwi", "trace", "dwitrace", "b1000", "diffusion"),
+    "adc": ("adc", "adcmap"),
+    "ncct": ("ncct", "ct", "noncontrastct", "plainct"),
+    "cta": ("cta", "ctangiography", "angio"),
+    "tmax": ("tmax", "ctptmax"),
+    "mtt": ("mtt", "ctpmtt"),
+    "cbf": ("cbf", "rcbf", "ctpcbf"),
+    "cbv": ("cbv", "rcbv", "ctpcbv"),
+}
+_COLUMN_OF_ALIAS = {alias: column for column, aliases in ALIASES.items() for alias in aliases}
+
+
+def column_for_channel(channel: str, model: str = "the model") -> str:
+    """The shard column that feeds a model channel named ``channel`` ("DWI", "Tmax", "rCBF" ...)."""
+    key = re.sub(r"[\s_.\-]", "", str(channel).lower())
+    if key not in _COLUMN_OF_ALIAS:
+        raise ValueError(
+            f"{model} needs a channel {channel!r} that no shard column provides "
+            f"(the shards hold {', '.join(IMAGE_COLUMNS)})"
+        )
+    return _COLUMN_OF_ALIAS[key]
+
+
+def columns_for_channels(channel_names: dict[str, str], model: str = "the model") -> tuple[str, ...]:
+    """The shard columns for nnU-Net's ``channel_names`` ({"0": "DWI", ...}), in channel order."""
+    ordered = [channel_names[key] for key in sorted(channel_names, key=int)]
+    return tuple(column_for_channel(name, model) for name in ordered)
 
 
 def input_columns_for(name: str, checkpoint: str | None = None) -> tuple[str, ...]:
     """The image columns (shard column names) that segmenter ``name`` with ``checkpoint`` reads."""
+    if name == "nnunet" and checkpoint:
+        local = Path(checkpoint).expanduser() / "dataset.json"
+        if local.is_file():  # read here: a local folder needs no torch import
+            return columns_for_channels(read_channel_names(local), f"nnU-Net model {checkpoint}")
+        from .nnunet import model_columns  # a Hub repo: downloaded (and cached) through the client
+
+        return model_columns(checkpoint)
     return MRI_COLUMNS
+
+
+def read_channel_names(dataset_json: Path) -> dict[str, str]:
+    """``channel_names`` of an nnU-Net ``dataset.json`` (older ones call it ``modality``)."""
+    dataset = json.loads(dataset_json.read_text())
+    names = dataset.get("channel_names") or dataset.get("modality")
+    if not isinstance(names, dict) or not names:
+        raise ValueError(f"{dataset_json}: no channel_names")
+    return {str(k): str(v) for k, v in names.items()}

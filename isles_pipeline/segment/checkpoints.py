@@ -164,6 +164,37 @@ def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
     return [fetch(name) for name in names]
 
 
+# What an nnU-Net trained-model folder needs from a Hub repo (relative to its subfolder).
+MODEL_FOLDER_PATTERNS = ("dataset.json", "plans.json", "fold_*/checkpoint_final.pth", "fold_*/checkpoint_best.pth")
+
+
+def download_model_folder(spec: str, endpoint: str | None = None) -> Path:
+    """Download an nnU-Net model folder from a Hub spec ``[hf://]org/name[@revision][:subfolder]``
+    (same client, token handling and retries as checkpoints); returns the local folder."""
+    hub = parse_hub_spec(spec)
+    if hub is None:
+        raise CheckpointError(f"{spec!r} is not a Hub repo id (org/name)")
+    endpoint = hub_endpoint(endpoint)
+    prefix = "/".join(p.strip("/") for p in hub.patterns if p.strip("/"))
+    prefix = f"{prefix}/" if prefix else ""
+    listed = _hub_listing(hub, endpoint)
+    names = [n for n in listed if n.startswith(prefix) and any(fnmatch.fnmatch(n[len(prefix):], p) for p in MODEL_FOLDER_PATTERNS)]
+    if f"{prefix}dataset.json" not in names:
+        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {prefix}dataset.json: not an nnU-Net model folder")
+    paths = [
+        Path(
+            call_with_retries(
+                lambda name=name: hf_hub_download(
+                    hub.repo_id, name, repo_type="model", revision=hub.revision, endpoint=endpoint, token=hub_token_setting()
+                ),
+                what=f"download {hub.repo_id}/{name}",
+            )
+        )
+        for name in names
+    ]
+    return paths[names.index(f"{prefix}dataset.json")].parent
+
+
 def _hub_listing(hub: HubSpec, endpoint: str | None) -> list[str]:
     """Every file name of the repo at the spec's revision."""
     info = call_with_retries(

@@ -1,7 +1,7 @@
 """Deep-learning segmentation: an ensemble of 3-D networks run with the NVAUTO (DeepISLES) recipe.
 
 Per case, entirely on the segmenter's device: stack [ADC, DWI] -> resample to the target spacing
-along the voxel axes (trilinear) -> z-score each channel over its non-zero voxels -> sliding-window
+along the voxel axes as MONAI 0.9's Spacing does (bilinear, its grid and sampling coordinates) -> z-score each channel over its non-zero voxels -> sliding-window
 inference of every model (Gaussian blending, mixed precision on CUDA) -> average the softmaxes ->
 resample the probabilities back to the input grid -> argmax. Only the final mask leaves the device.
 
@@ -26,11 +26,11 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
+from monai.transforms import NormalizeIntensity
 
-from isles_pipeline.nifti import voxel_sizes_mm
-from isles_pipeline.segment.base import check_segment_inputs, resolve_device
+from isles_pipeline.segment.base import check_segment_inputs, mri_pair, resolve_device
 from isles_pipeline.segment.checkpoints import CheckpointError, LoadedModel, load_models
-from isles_pipeline.segment.resample import resampled_shape, resize, zscore_nonzero
+from isles_pipeline.segment.resample import from_target_spacing, to_target_spacing
 
 CheckpointSpecs = str | os.PathLike[str] | Sequence[str | os.PathLike[str] | torch.nn.Module]
 CPU = torch.device("cpu")
@@ -44,7 +44,8 @@ class InferenceSettings:
     target_spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
     roi_size: tuple[int, int, int] = (192, 192, 128)
     overlap: float = 0.625
-    size_divisible: int = 16  # the ROI is rounded up to a multiple of this where it is shrunk
+    # Kept for sidecars that carry it: the ROI is no longer shrunk (MONAI pads the volume instead).
+    size_divisible: int = 16
 
     def __post_init__(self) -> None:
         if len(self.target_spacing) != 3 or len(self.roi_size) != 3:
@@ -147,6 +148,10 @@ class NetworkSegmenter:
             self._models = models
         return self._models
 
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
+        """:meth:`segment` on the case's DWI and ADC (other images are not read)."""
+        return self.segment(*mri_pair(images, self.name), affine)
+
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """The boolean lesion mask of one case on its input grid."""
         check_segment_inputs(dwi, adc, affine)
@@ -189,10 +194,10 @@ class NetworkSegmenter:
         with torch.inference_mode():
             image = network_input(dwi, adc, affine, settings.target_spacing, device)
             grid = tuple(int(n) for n in image.shape[2:])
-            roi = clamp_roi(settings.roi_size, grid, settings.size_divisible)
+            roi = settings.roi_size  # kept whole: the inferer pads a smaller volume, as MONAI does
             probs = self._ensemble_probabilities(image, models, device, roi, sw_batch_size, use_amp, settings.overlap)
             del image
-            probs = resize(probs, input_shape)
+            probs = from_target_spacing(probs, affine, settings.target_spacing, input_shape)
             mask = (probs.argmax(dim=1)[0] != 0).cpu().numpy()
         info = {
             "device": str(device),  # may differ from self.device after an out-of-memory fallback
@@ -231,15 +236,6 @@ class NetworkSegmenter:
         return total / len(models)
 
 
-def clamp_roi(roi_size: Sequence[int], shape: Sequence[int], size_divisible: int) -> tuple[int, ...]:
-    """The ROI, shrunk to the volume where the volume is smaller, rounded up to a multiple of
-    ``size_divisible`` (encoder-decoder networks need it; the inferer pads the volume to fit)."""
-    def fit(roi: int, size: int) -> int:
-        return min(roi, -(-size // size_divisible) * size_divisible)
-
-    return tuple(fit(r, n) for r, n in zip(roi_size, shape, strict=True))
-
-
 def logits_to_probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the class channel; a single channel is a sigmoid lesion logit -> [1-p, p]."""
     if logits.shape[1] == 1:
@@ -252,12 +248,15 @@ def network_input(
     dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray, target_spacing: Sequence[float], device: torch.device
 ) -> torch.Tensor:
     """The NVAUTO input of one case: ``(1, 2, X', Y', Z')`` float32 [ADC, DWI] on ``device``,
-    resampled to ``target_spacing`` and z-scored per channel over non-zero voxels (non-finite
+    resampled to ``target_spacing`` on MONAI 0.9 Spacing's grid (see
+    :mod:`~isles_pipeline.segment.resample`) and z-scored per channel over non-zero voxels (non-finite
     values count as 0). Training uses this too, so that both see identical inputs."""
     stacked = np.stack([np.asarray(adc, dtype=np.float32), np.asarray(dwi, dtype=np.float32)])
     image = torch.nan_to_num(torch.from_numpy(stacked)[None].to(device), nan=0.0, posinf=0.0, neginf=0.0)
-    grid = resampled_shape(dwi.shape, voxel_sizes_mm(affine), target_spacing)
-    return zscore_nonzero(resize(image, grid))
+    resampled = to_target_spacing(image, affine, target_spacing)
+    # MONAI's own NormalizeIntensity, as NVAUTO's NormalizeIntensityd(nonzero=True, channel_wise=True).
+    normalised = NormalizeIntensity(nonzero=True, channel_wise=True)(resampled[0])
+    return torch.as_tensor(normalised)[None]
 
 
 def _release_cuda_cache() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import cc3d
@@ -21,10 +22,14 @@ import numpy as np
 import torch
 
 from isles_pipeline.nifti import voxel_sizes_mm, voxel_volume_ml
-from isles_pipeline.segment.base import check_segment_inputs, resolve_device
+from isles_pipeline.segment.base import check_segment_inputs, mri_pair, resolve_device
 
 # Typical normal-brain ADC, in each unit a file may use (value = the brain median in that unit).
 ADC_UNIT_BRAIN_MEDIAN = {"1e-3 mm^2/s": 1.0, "1e-6 mm^2/s": 1000.0}
+# A brain's median ADC (CSF included) in 10^-3 mm^2/s, after unit detection, lies well inside this
+# window (normal parenchyma ~0.7-0.9, CSF ~3); outside it the map is in a unit the rule cannot
+# read (ADC x 10 or x 100, say), and thresholds in 10^-3 mm^2/s would be silently wrong.
+PHYSIOLOGICAL_BRAIN_ADC = (0.4, 2.0)
 OTSU_BINS = 256
 
 
@@ -34,6 +39,9 @@ class RuleParams:
 
     adc_low: float = 0.1  # below this: background or noise, not tissue
     adc_high: float = 0.62  # clinical ischemic-core threshold (RAPID/DEFUSE)
+    # When set, the upper ADC threshold is this multiple of the case's brain median ADC instead
+    # of adc_high (see docs/benchmarks.md, "Rule segmenter: ADC threshold", for which is better).
+    adc_relative: float | None = None
     dwi_factor: float = 1.4  # DWI brighter than this multiple of the brain median
     csf_adc: float = 1.5  # above this: CSF, left out of the brain statistics
     edge_erosion_mm: float = 4.0  # brain-edge margin (bright rim artefacts): 2 voxels of 2 mm
@@ -42,6 +50,8 @@ class RuleParams:
     def __post_init__(self) -> None:
         if not 0 <= self.adc_low < self.adc_high < self.csf_adc:
             raise ValueError(f"need 0 <= adc_low < adc_high < csf_adc, got {self}")
+        if self.adc_relative is not None and not 0 < self.adc_relative < 2:
+            raise ValueError(f"adc_relative must be in (0, 2), got {self.adc_relative}")
         if self.dwi_factor <= 0 or self.edge_erosion_mm < 0 or self.min_lesion_ml < 0:
             raise ValueError(f"dwi_factor must be > 0, edge_erosion_mm and min_lesion_ml >= 0: {self}")
 
@@ -188,6 +198,10 @@ class RuleSegmenter:
         self.params = RuleParams(**params)
         self.last_info: dict[str, object] = {}
 
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
+        """:meth:`segment` on the case's DWI and ADC (other images are not read)."""
+        return self.segment(*mri_pair(images, self.name), affine)
+
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Boolean lesion mask of the input's shape, from float DWI and ADC on the grid ``affine``."""
         check_segment_inputs(dwi, adc, affine)
@@ -199,7 +213,8 @@ class RuleSegmenter:
         clock.lap("brain_mask")
         unit, scale, tissue, dwi_median, adc_median = self._brain_statistics(dwi_t, adc_t, brain)
         clock.lap("statistics")
-        candidates = self._candidates(dwi_t, adc_t, tissue, dwi_median, scale).cpu().numpy()
+        adc_high = self.params.adc_high if self.params.adc_relative is None else self.params.adc_relative * adc_median
+        candidates = self._candidates(dwi_t, adc_t, tissue, dwi_median, scale, adc_high).cpu().numpy()
         clock.lap("thresholds")
         min_voxels = min_lesion_voxels(affine, self.params.min_lesion_ml)
         lesion = remove_small_components(candidates, min_voxels)
@@ -211,6 +226,7 @@ class RuleSegmenter:
             "adc_scale": scale,  # input ADC = scale x ADC in 10^-3 mm^2/s
             "brain_median_adc": adc_median,
             "brain_median_dwi": dwi_median,
+            "adc_high": adc_high,  # the upper ADC threshold used, in 10^-3 mm^2/s
             "erosion_radii_voxels": radii,
             "min_lesion_voxels": min_voxels,
             "brain_voxels": int(brain.sum()),
@@ -245,12 +261,13 @@ class RuleSegmenter:
         """ADC unit and brain median ADC (in 10^-3 mm^2/s), CSF-free tissue mask, its median DWI."""
         adc_median = _median(adc, brain, "brain median ADC")  # CSF included: units are unknown yet
         unit, scale = detect_adc_unit(adc_median)
+        check_physiological(adc_median / scale, unit)
         tissue = brain & (adc <= self.params.csf_adc * scale)
         dwi_median = _median(dwi, tissue, "brain median DWI")
         return unit, scale, tissue, dwi_median, adc_median / scale
 
     def _candidates(
-        self, dwi: torch.Tensor, adc: torch.Tensor, tissue: torch.Tensor, dwi_median: float, scale: float
+        self, dwi: torch.Tensor, adc: torch.Tensor, tissue: torch.Tensor, dwi_median: float, scale: float, adc_high: float
     ) -> torch.Tensor:
         """Tissue voxels that are DWI-bright and have a restricted ADC (thresholds scaled, not data)."""
         p = self.params
@@ -258,7 +275,18 @@ class RuleSegmenter:
             tissue
             & (dwi > p.dwi_factor * dwi_median)
             & (adc > p.adc_low * scale)
-            & (adc < p.adc_high * scale)
+            & (adc < adc_high * scale)
+        )
+
+
+def check_physiological(brain_median: float, unit: str) -> None:
+    """Refuse an ADC map whose brain median, read in ``unit``, is not a brain's."""
+    low, high = PHYSIOLOGICAL_BRAIN_ADC
+    if not low <= brain_median <= high:
+        raise ValueError(
+            f"ADC map unreadable: its brain median is {brain_median:.4g} x 10^-3 mm^2/s when read as {unit} "
+            f"(a brain's is {low}-{high}); the map is in a unit the rule segmenter does not know "
+            "(only 10^-3 and 10^-6 mm^2/s are), or it is not an ADC map"
         )
 
 

@@ -1,15 +1,25 @@
 """Training a lesion segmentation network on DWI + ADC cases (plain Python, no Dagster).
 
 Cases are preprocessed exactly as :class:`~isles_pipeline.segment.network.NetworkSegmenter`
-preprocesses them (resample to the target spacing, [ADC, DWI], non-zero z-score), patches are
-sampled around lesion voxels and anywhere in the volume, and a MONAI SegResNet or DynUNet is
-fitted with DiceCE loss (mixed precision on CUDA). The result carries a TorchScript module that
-the network segmenter loads, the inference settings to run it with (written as the checkpoint's
-sidecar), and the held-out Dice of that very module run through the segmenter with those settings.
+preprocesses them (resample to the target spacing, [ADC, DWI], MONAI's ``NormalizeIntensity``
+over non-zero voxels) and padded to one patch with MONAI's ``SpatialPad``. Patches come from
+MONAI's ``RandCropByPosNegLabeld`` (a share centred on lesion voxels) and are augmented with
+MONAI's ``RandFlipd`` (each axis), ``RandAffined`` (rotation, scaling), ``RandScaleIntensityd``
+and ``RandShiftIntensityd``. A MONAI SegResNet or DynUNet is fitted with DiceCE loss (mixed
+precision on CUDA), the learning rate warming up linearly and then following a cosine; with
+validation cases, the network is scored through the segmenter every ``validate_every`` epochs and
+the best-scoring weights are the ones exported. :func:`kfold_splits` splits case ids into folds
+by case, so no case is in both a fold's training and its validation set. ``time_budget_s`` ends
+training after the epoch that passes it.
+
+The result carries a TorchScript module that the network segmenter loads, the inference settings
+to run it with (written as the checkpoint's sidecar), and the held-out Dice of that very module
+run through the segmenter with those settings.
 """
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import time
@@ -19,6 +29,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
+from monai.transforms import (
+    Compose,
+    FgBgToIndices,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandFlipd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    SpatialPad,
+)
 from monai.utils import set_determinism
 
 from isles_pipeline.metrics import score_masks
@@ -29,7 +49,7 @@ from isles_pipeline.segment.checkpoints import (
     torchscript_bytes,
 )
 from isles_pipeline.segment.network import NetworkSegmenter, network_input
-from isles_pipeline.segment.resample import pad_to_at_least, resize
+from isles_pipeline.segment.resample import to_target_spacing
 
 ARCHS = ("SegResNet", "DynUNet")
 # Both networks below downsample three times: patches must be multiples of 2**3.
@@ -66,6 +86,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True
+    augment: bool = True  # MONAI flips, affine and intensity augmentation of every patch
+    warmup_epochs: int = 1  # linear warm-up of the learning rate, then a cosine to 1% of it
+    validate_every: int = 1  # epochs between validations (with validation cases)
+    time_budget_s: float | None = None  # stop after the epoch that passes it
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -75,6 +99,10 @@ class TrainConfig:
             raise ValueError(f"patch_size needs three multiples of {step}, got {self.patch_size}")
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1 or self.init_filters < 1:
             raise ValueError("epochs, steps_per_epoch, batch_size and init_filters must be positive")
+        if self.warmup_epochs < 0 or self.validate_every < 1:
+            raise ValueError(f"need warmup_epochs >= 0 and validate_every >= 1, got {self.warmup_epochs}, {self.validate_every}")
+        if not 0 <= self.positive_fraction <= 1:
+            raise ValueError(f"positive_fraction must be in [0, 1], got {self.positive_fraction}")
 
 
 @dataclass
@@ -90,6 +118,10 @@ class TrainResult:
     seconds: float
     train_case_ids: list[str] = field(default_factory=list)
     inference: dict[str, object] = field(default_factory=dict)  # NetworkSegmenter options to run it with
+    learning_rates: list[float] = field(default_factory=list)  # the learning rate of every step
+    validation_dice: dict[int, float] = field(default_factory=dict)  # epoch -> mean validation Dice
+    best_epoch: int | None = None  # the epoch whose weights were exported (None: the last, no validation)
+    validation_case_ids: list[str] = field(default_factory=list)
 
     @property
     def epochs(self) -> int:
@@ -115,7 +147,25 @@ class _PreparedCase:
 
     image: torch.Tensor  # (2, X, Y, Z) network input on the training device
     label: torch.Tensor  # (1, X, Y, Z) {0, 1} float
-    lesion_voxels: torch.Tensor  # (L, 3) indices of label voxels (patch centres)
+    foreground: torch.Tensor  # flat indices of lesion voxels (RandCropByPosNegLabel's centres)
+    background: torch.Tensor  # flat indices of the other voxels
+
+    @property
+    def lesion_voxels(self) -> torch.Tensor:
+        return self.foreground
+
+
+def kfold_splits(case_ids: Sequence[str], folds: int, seed: int = 0) -> list[tuple[list[str], list[str]]]:
+    """``folds`` (training, validation) splits by case: every case is validated in exactly one
+    fold and trained on in the others; the case order is shuffled with ``seed``."""
+    ids = list(dict.fromkeys(case_ids))
+    if len(ids) != len(case_ids):
+        raise ValueError("case ids repeat: a case would leak between training and validation")
+    if not 2 <= folds <= len(ids):
+        raise ValueError(f"need 2 <= folds <= {len(ids)} cases, got {folds}")
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    parts = [list(part) for part in np.array_split(np.array(order, dtype=object), folds)]
+    return [([c for c in order if c not in set(part)], part) for part in parts]
 
 
 def network_kwargs(config: TrainConfig) -> dict[str, object]:
@@ -154,35 +204,71 @@ def prepare_case(case: TrainingCase, config: TrainConfig, device: torch.device) 
     image = network_input(case.dwi, case.adc, case.affine, config.target_spacing, device)
     mask = torch.from_numpy(np.asarray(case.mask, dtype=np.float32))[None, None].to(device)
     # Trilinear then 0.5 keeps thin lesions' shape better than nearest on anisotropic grids.
-    label = (resize(mask, image.shape[2:]) > 0.5).float()
-    image = pad_to_at_least(image, config.patch_size)[0]
-    label = pad_to_at_least(label, config.patch_size)[0]
-    return _PreparedCase(image=image, label=label, lesion_voxels=torch.nonzero(label[0]))
+    label = (to_target_spacing(mask, case.affine, config.target_spacing) > 0.5).float()
+    pad = SpatialPad(spatial_size=config.patch_size, method="end")
+    image, label = torch.as_tensor(pad(image[0])), torch.as_tensor(pad(label[0]))
+    foreground, background = FgBgToIndices()(label)
+    return _PreparedCase(image=image, label=label, foreground=torch.as_tensor(foreground), background=torch.as_tensor(background))
+
+
+class PatchSampler:
+    """Training patches: MONAI's RandCropByPosNegLabeld, then (``augment``) MONAI's random flips,
+    affine and intensity transforms; MONAI's random states are seeded from ``seed``."""
+
+    def __init__(self, config: TrainConfig, seed: int, device: torch.device):
+        keys = ("image", "label")
+        positive = config.positive_fraction
+        self.crop = RandCropByPosNegLabeld(
+            keys, label_key="label", spatial_size=config.patch_size, pos=positive, neg=1.0 - positive,
+            num_samples=1, fg_indices_key="foreground", bg_indices_key="background",
+        )
+        self.crop.set_random_state(seed=seed)
+        self.augment = None
+        if config.augment:
+            self.augment = Compose([
+                *(RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)),
+                RandAffined(keys, prob=0.2, rotate_range=(math.pi / 12,) * 3, scale_range=(0.1,) * 3,
+                            mode=("bilinear", "nearest"), padding_mode="zeros", device=device),
+                RandScaleIntensityd("image", factors=0.1, prob=0.15),
+                RandShiftIntensityd("image", offsets=0.1, prob=0.15),
+            ])
+            self.augment.set_random_state(seed=seed + 1)
+
+    def __call__(self, case: _PreparedCase) -> tuple[torch.Tensor, torch.Tensor]:
+        data = {"image": case.image, "label": case.label, "foreground": case.foreground, "background": case.background}
+        patch = self.crop(data)[0]
+        if self.augment is not None:
+            patch = self.augment({"image": patch["image"], "label": patch["label"]})
+        return torch.as_tensor(patch["image"]), torch.as_tensor(patch["label"])
 
 
 def sample_patch(
     case: _PreparedCase, patch_size: Sequence[int], positive: bool, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One ``(2, *patch)`` image and ``(1, *patch)`` label patch, centred on a random lesion
-    voxel when ``positive`` (and the case has one), else on a random voxel."""
-    shape = case.image.shape[1:]
-    if positive and len(case.lesion_voxels):
-        centre = case.lesion_voxels[int(rng.integers(len(case.lesion_voxels)))].tolist()
-    else:
-        centre = [int(rng.integers(n)) for n in shape]
-    start = [min(max(c - p // 2, 0), n - p) for c, p, n in zip(centre, patch_size, shape, strict=True)]
-    region = tuple(slice(s, s + p) for s, p in zip(start, patch_size, strict=True))
-    return case.image[(slice(None), *region)], case.label[(slice(None), *region)]
+    """One un-augmented ``(2, *patch)`` image and ``(1, *patch)`` label patch from MONAI's
+    RandCropByPosNegLabeld, centred on a lesion voxel when ``positive`` (and the case has one)."""
+    config = TrainConfig(patch_size=tuple(patch_size), positive_fraction=1.0 if positive else 0.0, augment=False)
+    return PatchSampler(config, int(rng.integers(2**31)), case.image.device)(case)
 
 
 def _batch(
-    cases: list[_PreparedCase], config: TrainConfig, rng: np.random.Generator
+    cases: list[_PreparedCase], config: TrainConfig, rng: np.random.Generator, sampler: PatchSampler
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    pairs = [
-        sample_patch(cases[int(rng.integers(len(cases)))], config.patch_size, rng.random() < config.positive_fraction, rng)
-        for _ in range(config.batch_size)
-    ]
+    pairs = [sampler(cases[int(rng.integers(len(cases)))]) for _ in range(config.batch_size)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+
+def learning_rate_schedule(optimiser: torch.optim.Optimizer, config: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per step: linear warm-up over ``warmup_epochs`` (at most all epochs but one) from 1% of the
+    rate, then a cosine down to 1%."""
+    total = config.epochs * config.steps_per_epoch
+    warmup = min(config.warmup_epochs, config.epochs - 1) * config.steps_per_epoch
+    floor = 0.01 * config.learning_rate
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=total - warmup, eta_min=floor)
+    if warmup == 0:
+        return cosine
+    ramp = torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimiser, [ramp, cosine], milestones=[warmup])
 
 
 def train_segmenter(
@@ -190,11 +276,14 @@ def train_segmenter(
     held_out: list[TrainingCase],
     config: TrainConfig,
     on_epoch: Callable[[int, float], None] | None = None,
+    validation: list[TrainingCase] | None = None,
 ) -> TrainResult:
-    """Train on ``cases``, score the exported module on ``held_out``; ``on_epoch(epoch, loss)``
-    is called after each epoch (for logging)."""
+    """Train on ``cases`` (choosing the best epoch on ``validation`` when given), score the
+    exported module on ``held_out``; ``on_epoch(epoch, loss)`` is called after each epoch."""
     if not cases:
         raise ValueError("no training cases")
+    validation = list(validation or [])
+    check_disjoint(cases, validation, held_out)
     start = time.perf_counter()
     device = resolve_device(config.device)
     set_determinism(seed=config.seed)  # seeds torch, numpy and random; deterministic cuDNN
@@ -202,12 +291,12 @@ def train_segmenter(
     prepared = [prepare_case(case, config, device) for case in cases]
     kwargs = network_kwargs(config)
     model = build_network(config.arch, kwargs).to(device)
-    losses = _fit(model, prepared, config, device, rng, on_epoch)
+    fit = _fit(model, prepared, validation, config, device, rng, on_epoch, start)
     module = export_torchscript(model, config.patch_size)
     dice = {case.case_id: _held_out_dice(module, case, config, device) for case in held_out}
     module = module.cpu()  # scoring moved it to the training device; checkpoints leave on the CPU
     return TrainResult(
-        losses=losses,
+        losses=fit.losses,
         held_out_dice=dice,
         module=module,
         arch=config.arch,
@@ -216,41 +305,87 @@ def train_segmenter(
         seconds=time.perf_counter() - start,
         train_case_ids=[case.case_id for case in cases],
         inference=inference_options(config),
+        learning_rates=fit.learning_rates,
+        validation_dice=fit.validation_dice,
+        best_epoch=fit.best_epoch,
+        validation_case_ids=[case.case_id for case in validation],
     )
+
+
+def check_disjoint(*groups: Sequence[TrainingCase]) -> None:
+    """Training, validation and held-out cases share no case id (no leakage)."""
+    seen: dict[str, int] = {}
+    for index, group in enumerate(groups):
+        for case in group:
+            if seen.setdefault(case.case_id, index) != index:
+                raise ValueError(f"case {case.case_id} is in more than one of training, validation and held-out")
+
+
+@dataclass
+class _Fit:
+    losses: list[float] = field(default_factory=list)
+    learning_rates: list[float] = field(default_factory=list)
+    validation_dice: dict[int, float] = field(default_factory=dict)
+    best_epoch: int | None = None
 
 
 def _fit(
     model: torch.nn.Module,
     cases: list[_PreparedCase],
+    validation: list[TrainingCase],
     config: TrainConfig,
     device: torch.device,
     rng: np.random.Generator,
     on_epoch: Callable[[int, float], None] | None,
-) -> list[float]:
-    """The optimisation loop; returns the mean loss of each epoch."""
+    started: float,
+) -> _Fit:
+    """The optimisation loop; leaves ``model`` with the best validated weights (else the last)."""
     use_amp = config.amp and device.type == "cuda"
     # Batch Dice (one Dice over all patches of a step, as nnU-Net does), so that a lesion-free
     # patch does not score an all-background output as a perfect Dice of its own.
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = learning_rate_schedule(optimiser, config)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    model.train()
-    losses: list[float] = []
-    for epoch in range(config.epochs):
+    sampler = PatchSampler(config, config.seed, device)
+    fit, best_state, best_dice = _Fit(), None, -1.0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
         total = 0.0
         for _ in range(config.steps_per_epoch):
-            images, labels = _batch(cases, config, rng)
+            images, labels = _batch(cases, config, rng, sampler)
             optimiser.zero_grad(set_to_none=True)
             with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
                 loss = loss_fn(model(images), labels)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
+            fit.learning_rates.append(optimiser.param_groups[0]["lr"])
+            schedule.step()
             total += float(loss.detach())
-        losses.append(total / config.steps_per_epoch)
+        fit.losses.append(total / config.steps_per_epoch)
         if on_epoch is not None:
-            on_epoch(epoch + 1, losses[-1])
-    return losses
+            on_epoch(epoch, fit.losses[-1])
+        last = epoch == config.epochs or (config.time_budget_s is not None and time.perf_counter() - started > config.time_budget_s)
+        if validation and (epoch % config.validate_every == 0 or last):
+            fit.validation_dice[epoch] = _validation_dice(model, validation, config, device)
+            if fit.validation_dice[epoch] > best_dice:
+                best_dice, fit.best_epoch = fit.validation_dice[epoch], epoch
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if last:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return fit
+
+
+def _validation_dice(model: torch.nn.Module, validation: list[TrainingCase], config: TrainConfig, device: torch.device) -> float:
+    """Mean Dice of the current weights on the validation cases, run the way the pipeline runs them."""
+    segmenter = NetworkSegmenter([model], device=device, sw_batch_size=config.batch_size, amp=config.amp, **inference_options(config))
+    with torch.no_grad():
+        scores = [score_masks(segmenter.segment(c.dwi, c.adc, c.affine), c.mask, c.affine).dice for c in validation]
+    model.train()
+    return float(np.mean(scores))
 
 
 def export_torchscript(model: torch.nn.Module, patch_size: Sequence[int]) -> torch.jit.ScriptModule:

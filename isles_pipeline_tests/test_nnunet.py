@@ -1,0 +1,207 @@
+"""The ``nnunet`` segmenter against nnunetv2's own predictor, on a model folder nnunetv2 planned.
+
+The model folder comes from nnunetv2's fingerprint extractor and experiment planner on a tiny
+generated dataset (see ``nnunet_models``); its two folds have random weights. The segmenter's
+mask must equal, voxel for voxel, what ``nnUNetPredictor`` writes for the same files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("nnunetv2")
+
+import torch  # noqa: E402
+
+from isles_pipeline import nifti  # noqa: E402
+from isles_pipeline.predict import predict_image_files, predict_images  # noqa: E402
+from isles_pipeline.segment.channels import input_columns_for  # noqa: E402
+from isles_pipeline.segment.registry import make_segmenter  # noqa: E402
+from isles_pipeline_tests.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
+from isles_pipeline_tests.test_cli import cli  # noqa: E402
+
+FOLDS = (0, 1)
+
+
+@pytest.fixture(scope="module")
+def mri_model(tmp_path_factory):
+    """An nnU-Net DWI+ADC model folder with two folds, and one case written on an oblique grid."""
+    work = tmp_path_factory.mktemp("nnunet_mri")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model, cases = build_model_folder(work, monkeypatch, channels=("DWI", "ADC"), folds=FOLDS)
+        case = _oblique_copy(cases[1], work / "case")
+        set_lesion_bias(model, FOLDS, case, fraction=0.1)
+    return model, case
+
+
+def _oblique_copy(paths: dict[str, Path], folder: Path) -> dict[str, Path]:
+    """The case's images on a rotated, flipped, shifted grid (same voxels, another affine)."""
+    folder.mkdir(parents=True)
+    angle = np.deg2rad(20)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    out = {}
+    for k, (column, path) in enumerate(paths.items()):
+        image = nib.load(path)
+        affine = np.eye(4)
+        affine[:3, :3] = rotation @ np.diag([-1.5, 1.5, 2.0])
+        affine[:3, 3] = [40.0, -12.0, 7.5]
+        out[column] = folder / f"case_{k:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(np.asarray(image.dataobj, np.float32), affine), out[column])
+    return out
+
+
+def _predictor_mask(model: Path, case: dict[str, Path], out: Path) -> np.ndarray:
+    """nnU-Net's own prediction from the files, as it writes it (read back on the voxel grid)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=True, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=FOLDS, checkpoint_name="checkpoint_final.pth")
+    out.mkdir(parents=True, exist_ok=True)
+    predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(out / "case")])
+    return np.asarray(nib.load(out / "case.nii.gz").dataobj) > 0
+
+
+def test_mask_equals_nnunet_predictor_with_two_folds(mri_model, tmp_path):
+    model, case = mri_model
+    segmenter = make_segmenter("nnunet", device="cpu", checkpoint=str(model))
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
+    result = predict_images(segmenter, images)
+    expected = _predictor_mask(model, case, tmp_path / "reference")
+    mask = np.asarray(result.mask.dataobj) > 0
+    assert np.array_equal(mask, expected)
+    assert 0 < int(mask.sum()) < mask.size  # the bias makes it neither empty nor full
+    np.testing.assert_array_equal(result.mask.affine, images["dwi"].affine)  # on the input grid
+    assert segmenter.last_info["folds"] == [0, 1]
+    assert result.device == "cpu" and result.fallbacks == ()
+    # The predictor is built once and reused for the next case.
+    predictor = segmenter.load()
+    predict_images(segmenter, images)
+    assert segmenter.load() is predictor
+
+
+def test_cli_writes_the_same_mask(mri_model, tmp_path):
+    model, case = mri_model
+    in_process = predict_image_files(case, tmp_path / "api.nii.gz", "nnunet", "cpu", str(model))
+    run = cli("segment", "--segmenter", "nnunet", "--checkpoint", str(model), "--device", "cpu",
+              "--dwi", str(case["dwi"]), "--adc", str(case["adc"]), "--out", str(tmp_path / "cli.nii.gz"))
+    assert run.returncode == 0, run.stderr
+    summary = json.loads(run.stdout)
+    written = (tmp_path / "cli.nii.gz").read_bytes()
+    assert summary["sha256"] == hashlib.sha256(written).hexdigest() == in_process["sha256"]
+    assert summary["device"] == "cpu" and summary["fallbacks"] == []
+
+
+def test_options_reach_the_predictor(mri_model):
+    model, _ = mri_model
+    segmenter = make_segmenter("nnunet", device="cpu", checkpoint=str(model), tile_step_size=0.75, use_mirroring=False, folds=[1])
+    predictor = segmenter.load()
+    assert (predictor.tile_step_size, predictor.use_mirroring, predictor.use_gaussian) == (0.75, False, True)
+    assert len(predictor.list_of_parameters) == 1
+
+
+def test_channels_come_from_dataset_json(mri_model, tmp_path):
+    model, case = mri_model
+    assert input_columns_for("nnunet", str(model)) == ("dwi", "adc")
+    assert input_columns_for("rules") == ("dwi", "adc")
+    segmenter = make_segmenter("nnunet", device="cpu", checkpoint=str(model))
+    adc = nifti.decode(case["adc"].read_bytes(), "adc")
+    with pytest.raises(ValueError, match=r"reads dwi, adc; the case has no dwi \(it has adc\)"):
+        predict_images(segmenter, {"adc": adc})
+    flair = tmp_path / "flair_model"
+    flair.mkdir()
+    (flair / "dataset.json").write_text(json.dumps({"channel_names": {"0": "FLAIR", "1": "DWI"}}))
+    with pytest.raises(ValueError, match="'FLAIR' that no shard column provides .*ncct, cta, tmax, mtt, cbf, cbv, dwi, adc"):
+        input_columns_for("nnunet", str(flair))
+
+
+# ---------------------------------------------------------------- a CT perfusion model on a replica
+
+CT_CASE = "sub-stroke0001"
+CT_COLUMNS = ("tmax", "cbf")
+
+
+def _column_chunk_bytes(shard: Path, columns: tuple[str, ...]) -> int:
+    """Bytes of these columns' chunks, from the shard's own footer."""
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_metadata(shard)
+    return sum(
+        metadata.row_group(g).column(i).total_compressed_size
+        for g in range(metadata.num_row_groups)
+        for i in range(metadata.num_columns)
+        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in columns
+    )
+
+
+def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_path):
+    """A Tmax+CBF model: case_inputs-style fetch of only those columns (bytes counted by the
+    server), then the CLI and the Dagster asset, both equal to nnUNetPredictor on the files."""
+    import dagster as dg
+
+    from isles_pipeline.catalogue import DEFAULT_REPO_ID, shard_path
+    from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource
+    from isles_pipeline.defs.segmentation import PREDICTION_FILE, PREDICTION_INFO_FILE, case_prediction
+    from isles_pipeline.hub.phantom import GRIDS
+    from isles_pipeline.inputs import fetch_case
+    from isles_pipeline.source import ShardReader, ShardSource
+    from isles_pipeline.store import CaseStore
+
+    store = CaseStore(tmp_path / "data")
+    hub.reset_stats()
+    fetched = fetch_case(ShardReader(ShardSource(DEFAULT_REPO_ID, "main", hub.url)), store, CT_CASE, columns=(*CT_COLUMNS, "lesion_mask"))
+    served = hub.stats.bytes_sent
+    needed = _column_chunk_bytes(replica_dir / shard_path(CT_CASE), (*CT_COLUMNS, "lesion_mask"))
+    assert set(fetched.manifest.files) == {*CT_COLUMNS, "lesion_mask"}
+    assert served <= 1.05 * needed + 128 * 1024
+    assert served < (replica_dir / shard_path(CT_CASE)).stat().st_size / 4  # ctp, dwi, adc stay on the server
+
+    tiny = GRIDS["tiny"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model, _ = build_model_folder(tmp_path / "nnunet_ct", monkeypatch, channels=("Tmax", "CBF"), folds=(0,),
+                                      dataset_id=502, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
+    case = {column: Path(store.local_path(store.case_path(CT_CASE, fetched.manifest.files[column].name))) for column in CT_COLUMNS}
+    set_lesion_bias(model, (0,), case, fraction=0.05)
+    assert input_columns_for("nnunet", str(model)) == CT_COLUMNS
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    predictor.predict_from_files_sequential([[str(case["tmax"]), str(case["cbf"])]], [str(tmp_path / "reference")])
+    expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
+    assert 0 < int(expected.sum()) < expected.size
+
+    run = cli("segment", "--segmenter", "nnunet", "--checkpoint", str(model), "--device", "cpu",
+              "--image", f"tmax={case['tmax']}", "--image", f"cbf={case['cbf']}", "--out", str(tmp_path / "cli.nii.gz"))
+    assert run.returncode == 0, run.stderr
+    assert np.array_equal(np.asarray(nib.load(tmp_path / "cli.nii.gz").dataobj) > 0, expected)
+
+    segmenter = SegmenterResource(name="nnunet", device="cpu", checkpoint=str(model))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([case_prediction], partition_key=CT_CASE, instance=instance,
+                                resources={"case_store": CaseStoreResource(data_dir=str(store.root)), "segmenter": segmenter})
+    assert result.success
+    written = store.read_bytes(store.case_path(CT_CASE, PREDICTION_FILE))
+    assert hashlib.sha256(written).hexdigest() == json.loads(run.stdout)["sha256"]
+    info = json.loads(store.read_bytes(store.case_path(CT_CASE, PREDICTION_INFO_FILE)))
+    assert (info["segmenter"], info["device"], info["fallbacks"]) == ("nnunet", "cpu", "")
+
+
+def test_the_segmenter_resource_builds_it_from_the_environment(mri_model, monkeypatch):
+    from isles_pipeline.defs.resources import SegmenterResource
+
+    model, _ = mri_model
+    for key, value in {"ISLES_SEGMENTER": "nnunet", "ISLES_CHECKPOINT": str(model), "ISLES_DEVICE": "cpu",
+                       "ISLES_TILE_STEP": "0.75", "ISLES_MIRRORING": "0", "ISLES_FOLDS": "1"}.items():
+        monkeypatch.setenv(key, value)
+    resource = SegmenterResource.from_env()
+    assert (resource.name, resource.tile_step_size, resource.use_mirroring, resource.folds) == ("nnunet", 0.75, False, [1])
+    predictor = resource.get().load()
+    assert (predictor.tile_step_size, predictor.use_mirroring, len(predictor.list_of_parameters)) == (0.75, False, 1)
+    assert resource.get() is resource.get()  # built once per run
