@@ -205,3 +205,41 @@ def test_the_segmenter_resource_builds_it_from_the_environment(mri_model, monkey
     predictor = resource.get().load()
     assert (predictor.tile_step_size, predictor.use_mirroring, len(predictor.list_of_parameters)) == (0.75, False, 1)
     assert resource.get() is resource.get()  # built once per run
+
+
+def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
+    """case_inputs -> case_prediction -> case_metrics with the nnunet segmenter (as
+    ISLES_SEGMENTER=nnunet sets it); the stored mask equals nnUNetPredictor's on the fetched files."""
+    import dagster as dg
+
+    from isles_pipeline.catalogue import DEFAULT_REPO_ID
+    from isles_pipeline.defs.jobs import CASE_CHAIN
+    from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+    from isles_pipeline.defs.segmentation import PREDICTION_FILE
+    from isles_pipeline.hub.phantom import GRIDS
+    from isles_pipeline.inputs import read_manifest
+    from isles_pipeline.store import CaseStore
+
+    tiny, case_id = GRIDS["tiny"], "sub-stroke0002"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model, _ = build_model_folder(tmp_path / "nnunet_chain", monkeypatch, channels=("DWI", "ADC"), folds=(0,),
+                                      dataset_id=503, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
+    store = CaseStore(tmp_path / "data")
+    resources = {
+        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=hub.url),
+        "case_store": CaseStoreResource(data_dir=str(store.root)),
+        "segmenter": SegmenterResource(name="nnunet", device="cpu", checkpoint=str(model), use_mirroring=False),
+    }
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+    files = read_manifest(store, case_id).files
+    case = {column: Path(store.local_path(store.case_path(case_id, files[column].name))) for column in ("dwi", "adc")}
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(tmp_path / "reference")])
+    expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
+    written = nifti.decode(store.read_bytes(store.case_path(case_id, PREDICTION_FILE)), "prediction")
+    np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, expected)
