@@ -243,3 +243,23 @@ def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
     expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
     written = nifti.decode(store.read_bytes(store.case_path(case_id, PREDICTION_FILE)), "prediction")
     np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, expected)
+
+
+def test_a_cuda_out_of_memory_reruns_on_the_cpu_and_is_recorded(mri_model):
+    from isles_pipeline.segment.nnunet import NnUNetSegmenter
+
+    class CudaOutOfMemory(NnUNetSegmenter):
+        def _predict(self, predictor, stacked, properties):
+            if predictor.device.type == "cuda":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+            return super()._predict(predictor, stacked, properties)
+
+    model, case = mri_model
+    segmenter = CudaOutOfMemory(model, device="cpu")
+    segmenter.device = torch.device("cuda")  # stands in for a GPU: the predictor is built for it, never run
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
+    result = predict_images(segmenter, images)
+    assert (result.device, result.requested_device) == ("cpu", "cuda")
+    assert result.fallbacks == ("out of memory on cuda (CUDA out of memory. Tried to allocate 4.00 GiB); retried on cpu",)
+    reference = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)
+    np.testing.assert_array_equal(np.asarray(result.mask.dataobj), np.asarray(reference.mask.dataobj))
