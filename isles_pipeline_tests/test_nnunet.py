@@ -263,3 +263,25 @@ def test_a_cuda_out_of_memory_reruns_on_the_cpu_and_is_recorded(mri_model):
     assert result.fallbacks == ("out of memory on cuda (CUDA out of memory. Tried to allocate 4.00 GiB); retried on cpu",)
     reference = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)
     np.testing.assert_array_equal(np.asarray(result.mask.dataobj), np.asarray(reference.mask.dataobj))
+
+
+def test_a_model_folder_from_a_hub_model_repo(mri_model, tmp_path, monkeypatch):
+    """The folder as a subfolder of a Hub model repo (the project's Hub server), through the same
+    download client as the network segmenter's checkpoints; the mask equals the local folder's."""
+    from isles_pipeline.hub.server import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    model, case = mri_model
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
+    with HubServer("127.0.0.1") as server:
+        server.add_repo("model", "lab/tiny-nnunet", model.parent)
+        spec = f"lab/tiny-nnunet:{model.name}"
+        monkeypatch.setenv("HF_ENDPOINT", server.url)  # input_columns_for reads the endpoint as the pipeline does
+        assert input_columns_for("nnunet", spec) == ("dwi", "adc")
+        segmenter = make_segmenter("nnunet", device="cpu", checkpoint=spec, endpoint=server.url)
+        from_hub = predict_images(segmenter, images)
+    local = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)
+    assert segmenter.folder is not None and segmenter.folder != model and segmenter.folder.name == model.name
+    assert sorted(p.parent.name for p in segmenter.folder.glob("fold_*/checkpoint_final.pth")) == ["fold_0", "fold_1"]
+    np.testing.assert_array_equal(np.asarray(from_hub.mask.dataobj), np.asarray(local.mask.dataobj))
