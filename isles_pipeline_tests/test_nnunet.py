@@ -205,3 +205,83 @@ def test_the_segmenter_resource_builds_it_from_the_environment(mri_model, monkey
     predictor = resource.get().load()
     assert (predictor.tile_step_size, predictor.use_mirroring, len(predictor.list_of_parameters)) == (0.75, False, 1)
     assert resource.get() is resource.get()  # built once per run
+
+
+def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
+    """case_inputs -> case_prediction -> case_metrics with the nnunet segmenter (as
+    ISLES_SEGMENTER=nnunet sets it); the stored mask equals nnUNetPredictor's on the fetched files."""
+    import dagster as dg
+
+    from isles_pipeline.catalogue import DEFAULT_REPO_ID
+    from isles_pipeline.defs.jobs import CASE_CHAIN
+    from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+    from isles_pipeline.defs.segmentation import PREDICTION_FILE
+    from isles_pipeline.hub.phantom import GRIDS
+    from isles_pipeline.inputs import read_manifest
+    from isles_pipeline.store import CaseStore
+
+    tiny, case_id = GRIDS["tiny"], "sub-stroke0002"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        model, _ = build_model_folder(tmp_path / "nnunet_chain", monkeypatch, channels=("DWI", "ADC"), folds=(0,),
+                                      dataset_id=503, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
+    store = CaseStore(tmp_path / "data")
+    resources = {
+        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=hub.url),
+        "case_store": CaseStoreResource(data_dir=str(store.root)),
+        "segmenter": SegmenterResource(name="nnunet", device="cpu", checkpoint=str(model), use_mirroring=False),
+    }
+    with dg.instance_for_test() as instance:
+        assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+    files = read_manifest(store, case_id).files
+    case = {column: Path(store.local_path(store.case_path(case_id, files[column].name))) for column in ("dwi", "adc")}
+
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(tmp_path / "reference")])
+    expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
+    written = nifti.decode(store.read_bytes(store.case_path(case_id, PREDICTION_FILE)), "prediction")
+    np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, expected)
+
+
+def test_a_cuda_out_of_memory_reruns_on_the_cpu_and_is_recorded(mri_model):
+    from isles_pipeline.segment.nnunet import NnUNetSegmenter
+
+    class CudaOutOfMemory(NnUNetSegmenter):
+        def _predict(self, predictor, stacked, properties):
+            if predictor.device.type == "cuda":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 4.00 GiB")
+            return super()._predict(predictor, stacked, properties)
+
+    model, case = mri_model
+    segmenter = CudaOutOfMemory(model, device="cpu")
+    segmenter.device = torch.device("cuda")  # stands in for a GPU: the predictor is built for it, never run
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
+    result = predict_images(segmenter, images)
+    assert (result.device, result.requested_device) == ("cpu", "cuda")
+    assert result.fallbacks == ("out of memory on cuda (CUDA out of memory. Tried to allocate 4.00 GiB); retried on cpu",)
+    reference = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)
+    np.testing.assert_array_equal(np.asarray(result.mask.dataobj), np.asarray(reference.mask.dataobj))
+
+
+def test_a_model_folder_from_a_hub_model_repo(mri_model, tmp_path, monkeypatch):
+    """The folder as a subfolder of a Hub model repo (the project's Hub server), through the same
+    download client as the network segmenter's checkpoints; the mask equals the local folder's."""
+    from isles_pipeline.hub.server import HubServer
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    model, case = mri_model
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
+    with HubServer("127.0.0.1") as server:
+        server.add_repo("model", "lab/tiny-nnunet", model.parent)
+        spec = f"lab/tiny-nnunet:{model.name}"
+        monkeypatch.setenv("HF_ENDPOINT", server.url)  # input_columns_for reads the endpoint as the pipeline does
+        assert input_columns_for("nnunet", spec) == ("dwi", "adc")
+        segmenter = make_segmenter("nnunet", device="cpu", checkpoint=spec, endpoint=server.url)
+        from_hub = predict_images(segmenter, images)
+    local = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)
+    assert segmenter.folder is not None and segmenter.folder != model and segmenter.folder.name == model.name
+    assert sorted(p.parent.name for p in segmenter.folder.glob("fold_*/checkpoint_final.pth")) == ["fold_0", "fold_1"]
+    np.testing.assert_array_equal(np.asarray(from_hub.mask.dataobj), np.asarray(local.mask.dataobj))

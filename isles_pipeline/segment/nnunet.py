@@ -115,6 +115,15 @@ def nnunet_spacing(affine: np.ndarray, reader: str) -> list[float]:
     return [float(s) for s in sizes[::-1]]
 
 
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _release_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def _prints_to_stderr():
     """nnU-Net prints progress notes to stdout; they go to stderr so that stdout stays the
     command's JSON summary."""
@@ -126,7 +135,9 @@ class NnUNetSegmenter:
 
     The predictor (network and every fold's weights) is built once, on first use, and reused for
     every case. ``tile_step_size``, ``use_gaussian`` and ``use_mirroring`` default to nnU-Net's.
-    ``last_info`` holds, after each case, the device that ran, the folds and the seconds.
+    ``last_info`` holds, after each case, the device that ran, the folds and the seconds. A CUDA
+    out-of-memory error that nnU-Net's own retry does not absorb reruns the case on the CPU, and
+    ``fallbacks`` says so.
     """
 
     name = "nnunet"
@@ -156,6 +167,7 @@ class NnUNetSegmenter:
         self.columns: tuple[str, ...] = ()
         self.reader = "SimpleITKIO"
         self._predictor = None
+        self._cpu = None
         self.last_info: dict[str, object] = {}
 
     def load(self):
@@ -198,8 +210,18 @@ class NnUNetSegmenter:
         shape = np.shape(images[self.columns[0]])
         stacked = np.stack([to_nnunet_layout(np.asarray(images[c], np.float32), affine, self.reader) for c in self.columns])
         started = time.perf_counter()
-        with _prints_to_stderr():
-            labels = predictor.predict_single_npy_array(stacked, {"spacing": nnunet_spacing(affine, self.reader)})
+        properties = {"spacing": nnunet_spacing(affine, self.reader)}
+        fallbacks: list[str] = []
+        try:
+            labels = self._predict(predictor, stacked, properties)
+        except torch.OutOfMemoryError as exc:
+            if predictor.device.type != "cuda":
+                raise
+            # nnU-Net already retries a CUDA OOM with its results on the CPU; past that, the CPU.
+            fallbacks.append(f"out of memory on {predictor.device} ({_first_line(exc)}); retried on cpu")
+            _release_cuda_cache()
+            predictor = self._cpu_predictor()
+            labels = self._predict(predictor, stacked, properties)
         mask = from_nnunet_layout(np.asarray(labels) > 0, affine, shape, self.reader)
         self.last_info = {
             "device": str(predictor.device),
@@ -209,9 +231,28 @@ class NnUNetSegmenter:
             "tile_step_size": self.tile_step_size,
             "use_mirroring": self.use_mirroring,
             "seconds": time.perf_counter() - started,
-            "fallbacks": [],
+            "fallbacks": fallbacks,
         }
         return mask
+
+    def _predict(self, predictor, stacked: np.ndarray, properties: dict) -> np.ndarray:
+        with _prints_to_stderr():
+            return predictor.predict_single_npy_array(stacked, properties)
+
+    def _cpu_predictor(self):
+        """A CPU copy of the predictor for out-of-memory fallbacks (built once, on first need)."""
+        if self._cpu is None:
+            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+            self.load()
+            assert self.folder is not None
+            saved, self.device = self.device, torch.device("cpu")
+            try:
+                with _prints_to_stderr():
+                    self._cpu = self._build_predictor(nnUNetPredictor, self.folder, self.checkpoint_name, self.folds)
+            finally:
+                self.device = saved
+        return self._cpu
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:
         return self.segment_images({"dwi": dwi, "adc": adc}, affine)
