@@ -12,9 +12,9 @@ import dagster as dg
 import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
+from isles_pipeline.deployments import instance_config_path
 from isles_pipeline.defs.jobs import CASE_CHAIN
 from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
-from isles_pipeline.deployments import instance_config_path
 
 from .dagster_dev import stack_deployment
 
