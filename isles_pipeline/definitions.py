@@ -1,12 +1,11 @@
-"""The code location: every asset, check, job, sensor and schedule, with the executor and the
-resources that ``ISLES_DEPLOYMENT`` selects (see README: ISLES_DATA_DIR, ISLES_HF_REPO, HF_ENDPOINT,
-ISLES_SEGMENTER ...)."""
+"""The code location: every asset, check, job, sensor and schedule, with the resources that the
+environment selects (see README: ISLES_DATA_DIR, ISLES_HF_REPO, HF_ENDPOINT, ISLES_SEGMENTER ...)."""
 
 import dagster as dg
 
-from .defs.deployment import DEPLOYMENT, executor_for, resources_for
 from .defs.jobs import CASE_CHAIN, case_chain_job, report_job
 from .defs.report import metrics_report
+from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
 from .defs.schedules import (
     case_backfill_schedule,
     report_after_failure,
@@ -29,7 +28,8 @@ defs = dg.Definitions(
     sensors=[*UPSTREAM_SENSORS, report_after_success, report_after_failure],
     resources={
         **UPSTREAM_RESOURCES,
-        **resources_for(DEPLOYMENT),
+        "shard_source": ShardSourceResource.from_env(),
+        "case_store": CaseStoreResource.from_env(),
+        "segmenter": SegmenterResource.from_env(),
     },
-    executor=executor_for(DEPLOYMENT),
 )

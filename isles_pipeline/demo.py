@@ -14,18 +14,18 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from importlib import resources
 from pathlib import Path
 
 from .catalogue import CASE_IDS, DEFAULT_REPO_ID
-from .deployments import instance_config_path
 
 
-def prepare_dagster_home(home: Path, deployment: str = "local") -> Path:
-    """A DAGSTER_HOME holding the deployment's instance config (``deploy/<deployment>/dagster.yaml``)."""
+def prepare_dagster_home(home: Path) -> Path:
+    """A DAGSTER_HOME holding the project's instance config (GPU pool of 1, modest run concurrency)."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        shutil.copyfile(instance_config_path(deployment), config)
+        config.write_text(resources.files("isles_pipeline").joinpath("dagster.yaml").read_text())
     return home
 
 

@@ -407,7 +407,6 @@ class DagsterDevStack:
     log_path: Path
     process: subprocess.Popen
     client: GraphQLClient
-    deployment: str
 
     @property
     def pgid(self) -> int:
@@ -444,31 +443,6 @@ def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, 
     return env
 
 
-PG_ENV = ("DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USERNAME", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
-
-
-def stack_deployment() -> tuple[str, dict[str, str]]:
-    """``cluster`` (deploy/cluster/dagster.yaml) with a new, empty database of its own on the
-    PostgreSQL server that DAGSTER_PG_* name (as .ci/run sets them), else ``local`` (SQLite)."""
-    if not os.environ.get("DAGSTER_PG_HOST"):
-        return "local", {}
-    import uuid
-
-    import psycopg2
-
-    pg_env = {key: os.environ.get(key, "") for key in PG_ENV}
-    database = f"isles_{uuid.uuid4().hex[:12]}"
-    connection = psycopg2.connect(
-        host=pg_env["DAGSTER_PG_HOST"], port=pg_env["DAGSTER_PG_PORT"] or 5432, user=pg_env["DAGSTER_PG_USERNAME"],
-        password=pg_env["DAGSTER_PG_PASSWORD"], dbname=pg_env["DAGSTER_PG_DB"] or "postgres",
-    )
-    connection.autocommit = True
-    with connection.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {database}")
-    connection.close()
-    return "cluster", {**pg_env, "DAGSTER_PG_DB": database}
-
-
 @contextmanager
 def dagster_dev_stack(
     work_dir: Path,
@@ -489,8 +463,7 @@ def dagster_dev_stack(
     from isles_pipeline.hub.server import HubServer
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    deployment, pg_env = stack_deployment()
-    dagster_home = prepare_dagster_home(work_dir / "dagster_home", deployment)
+    dagster_home = prepare_dagster_home(work_dir / "dagster_home")
     hide_first_visit_modal(dagster_home)
     data_dir = work_dir / "data"
     log_path = work_dir / "dagster_dev.log"
@@ -498,7 +471,6 @@ def dagster_dev_stack(
     hub.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
     with hub:
         env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter)
-        env.update(pg_env, ISLES_DEPLOYMENT=deployment)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start_dagster_dev(port, env, log_path, repo_root)
@@ -506,7 +478,7 @@ def dagster_dev_stack(
             wait_for_server(url, process, log_path, startup_timeout_s)
             client = GraphQLClient(url)
             client.wait_for_locations()
-            yield DagsterDevStack(url, hub.url, data_dir, dagster_home, log_path, process, client, deployment)
+            yield DagsterDevStack(url, hub.url, data_dir, dagster_home, log_path, process, client)
         finally:
             survivors = stop_process_group(process, grace_s=stop_grace_s)
         if survivors:

@@ -1,9 +1,8 @@
 """Resources: where shards come from, where case files go, which segmenter runs.
 
-Each is a ``ConfigurableResource``; ``defs/deployment.py`` builds them per deployment, their
-settings as ``dg.EnvVar`` where the environment sets them (see README), so one code location
-serves a laptop, a replica behind a local Hub server, and a cluster with shared storage. No field
-holds a secret: the Hub token is read by the client from ``HF_TOKEN``.
+Each is a ``ConfigurableResource`` whose defaults come from the environment (see README), so
+one code location serves a laptop, a replica behind a local Hub server, and a cluster with
+shared storage. No field holds a secret: the Hub token is read by the client from ``HF_TOKEN``.
 """
 
 from __future__ import annotations
@@ -27,6 +26,11 @@ class ShardSourceResource(dg.ConfigurableResource):
     revision: str = "main"
     endpoint: str | None = None
 
+    @classmethod
+    def from_env(cls) -> ShardSourceResource:
+        source = ShardSource.from_env()
+        return cls(repo_id=source.repo_id, revision=source.revision, endpoint=source.endpoint)
+
     def reader(self) -> ShardReader:
         return ShardReader(ShardSource(self.repo_id, self.revision, self.endpoint))
 
@@ -35,6 +39,10 @@ class CaseStoreResource(dg.ConfigurableResource):
     """Where case files and results live: a local folder or an fsspec URL (s3://, gs://, ...)."""
 
     data_dir: str = DEFAULT_DATA_DIR
+
+    @classmethod
+    def from_env(cls) -> CaseStoreResource:
+        return cls(data_dir=os.environ.get("ISLES_DATA_DIR", DEFAULT_DATA_DIR))
 
     def store(self) -> CaseStore:
         return CaseStore(self.data_dir)

@@ -14,7 +14,6 @@ from ..predict import INFERRED_KEYS, predict_images
 from ..segment.channels import input_columns_for
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
-from .deployment import DEPLOYMENT, gpu_op_tags
 from .partitions import case_backfill_policy, case_partitions
 from .resources import CaseStoreResource, SegmenterResource
 
@@ -28,7 +27,6 @@ PREDICTION_INFO_FILE = "prediction.json"
     backfill_policy=case_backfill_policy,
     deps=[case_inputs],
     pool="gpu",
-    op_tags=gpu_op_tags(DEPLOYMENT),
     group_name="cases",
     kinds={"pytorch", "nifti"},
     description="The predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header).",
