@@ -46,7 +46,7 @@ class ModelSpec:
     @property
     def slug(self) -> str:
         """The name as a folder name (labels have no '_', so the slug is unambiguous)."""
-        return self.name.replace(":", "_")
+        return slug_of(self.name)
 
     @property
     def fingerprint(self) -> str:
@@ -160,3 +160,12 @@ def write_registry(path: str | os.PathLike[str], models: list[ModelSpec]) -> Pat
     target = Path(path)
     target.write_text(yaml.safe_dump({"models": entries}, sort_keys=False))
     return target
+
+
+def slug_of(name: str) -> str:
+    return name.replace(":", "_")
+
+
+def result_path(store, case_id: str, model: str, file_name: str):
+    """Where a (case, model) result lives: ``cases/<case>/models/<model slug>/<file>``."""
+    return store.case_path(case_id, f"models/{slug_of(model)}/{file_name}")
