@@ -90,6 +90,17 @@ def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_me
             assert count(instance, "case_metrics", case_model_key(case_id, model.name)) == 1
             record = json.loads((data / "cases" / case_id / "models" / model.slug / "metrics.json").read_text())
             assert (record["model"], record["fingerprint"]) == (model.name, model.fingerprint)
+    # the UI shows Dice to 3 decimals and volumes to 2; metrics.json keeps every digit
+    for case_id in CASES:
+        key = case_model_key(case_id, LOOSE.name)
+        shown = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("case_metrics"), asset_partitions=[key]),
+                                                limit=1).records[0].asset_materialization.metadata
+        record = json.loads((data / "cases" / case_id / "models" / LOOSE.slug / "metrics.json").read_text())
+        assert shown["dice"].value == round(record["dice"], 3) and shown["pred_ml"].value == round(record["pred_ml"], 2)
+        assert "data:image/png;base64," in shown["overlay"].value
+        assert (data / "cases" / case_id / "models" / LOOSE.slug / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    full = [json.loads((data / "cases" / c / "models" / LOOSE.slug / "metrics.json").read_text())["pred_ml"] for c in CASES]
+    assert any(v != round(v, 2) for v in full)
     manifest = json.loads((data / "cases" / CASES[0] / "source.json").read_text())
     assert set(manifest["files"]) == {"dwi", "adc", "lesion_mask"}
 
