@@ -47,6 +47,22 @@ def _cause(result: dg.ExecuteInProcessResult) -> str:
     return failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "run failed"
 
 
+def fetch_cases(case_ids: list[str]) -> list[str]:
+    """Fetch each case (one run each); return those that failed."""
+    return [c for c in case_ids if not _run("case_inputs_job", [c]).success]
+
+
+def train_network(train_ids: list[str], held_out_ids: list[str], settings: dict) -> tuple[str, float]:
+    """Materialise segmenter_checkpoint on fetched cases; return the checkpoint path and the
+    mean held-out Dice."""
+    job = _definitions().resolve_job_def("train_segmenter")
+    config = {"train_case_ids": train_ids, "held_out_case_ids": held_out_ids, "device": "cpu", **settings}
+    run_config = {**QUIET_LOGS, "ops": {"segmenter_checkpoint": {"config": config}}}
+    result = job.execute_in_process(run_config=run_config, instance=dg.DagsterInstance.get(), raise_on_error=True)
+    meta = _metadata(result, "segmenter_checkpoint")
+    return str(meta["checkpoint_path"]), float(meta.get("held_out_dice_mean") or float("nan"))
+
+
 def register_models() -> list[str]:
     """Add the registry's models to the ``models`` partitions of the instance; return all names."""
     from ..models import load_registry
@@ -56,15 +72,17 @@ def register_models() -> list[str]:
     return names
 
 
-def materialise_cases(case_ids: list[str], models: list[str] | None = None) -> CaseLine:
-    """Fetch these cases (one run), then run each model on them (one run per model), and say in
-    one line how it went."""
+def materialise_cases(case_ids: list[str], models: list[str] | None = None, fetch: bool = True) -> CaseLine:
+    """Fetch these cases (one run; ``fetch=False``: already fetched), then run each model on them
+    (one run per model), and say in one line how it went."""
     models = models or register_models()
-    fetched = _run("case_inputs_job", case_ids)
-    if not fetched.success:
-        return CaseLine(f"{', '.join(case_ids)}: FAILED: {_cause(fetched)}", failed=list(case_ids))
-    inputs = _metadata(fetched, "case_inputs")
-    parts = [f"{case_ids[0]}: fetched {inputs.get('bytes_transferred', 0) / 1e6:.1f} MB in {inputs.get('range_requests', 0)} requests"]
+    parts = [f"{case_ids[0]}: inputs fetched before"]
+    if fetch:
+        fetched = _run("case_inputs_job", case_ids)
+        if not fetched.success:
+            return CaseLine(f"{', '.join(case_ids)}: FAILED: {_cause(fetched)}", failed=list(case_ids))
+        inputs = _metadata(fetched, "case_inputs")
+        parts = [f"{case_ids[0]}: fetched {inputs.get('bytes_transferred', 0) / 1e6:.1f} MB in {inputs.get('range_requests', 0)} requests"]
     failed: list[str] = []
     for model in models:
         result = _run("model_chain", case_ids, model)
