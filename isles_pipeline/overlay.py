@@ -24,7 +24,7 @@ PREDICTION_RGB = (255, 0, 255)  # prediction: magenta (drawn over the expert con
 PANELS = 3
 GAP_PX = 8
 MARGIN_PX = 8
-TITLE_PX = 56
+TITLE_PX = 60
 LEGEND_PX = 40
 TARGET_PANEL_PX = 256
 DPI = 100
@@ -82,11 +82,12 @@ def _panel(dwi2d: np.ndarray, gt2d: np.ndarray, pred2d: np.ndarray, low: float, 
 
 
 def _title(record: dict) -> str:
+    """Three short lines, so that the title fits over a single narrow panel too."""
     who = f"{record.get('case_id', '?')} · {record.get('model', '')}".rstrip(" ·")
     return (
         f"{who}\nDice {fmt_dice(record.get('dice'))} · lesions (ISLES'24) TP {record.get('tp_isles24', '-')} "
-        f"FP {record.get('fp_isles24', '-')} FN {record.get('fn_isles24', '-')} · "
-        f"true {fmt_ml(record.get('gt_ml'))} ml, predicted {fmt_ml(record.get('pred_ml'))} ml"
+        f"FP {record.get('fp_isles24', '-')} FN {record.get('fn_isles24', '-')}\n"
+        f"true {fmt_ml(record.get('gt_ml'))} ml · predicted {fmt_ml(record.get('pred_ml'))} ml"
     )
 
 
@@ -111,7 +112,8 @@ def render_case_overlay(dwi: np.ndarray, gt_mask: np.ndarray, pred_mask: np.ndar
 def _figure_png(canvas: np.ndarray, lay: Layout, record: dict) -> bytes:
     figure = Figure(figsize=(lay.width / DPI, lay.height / DPI), dpi=DPI, facecolor="black")
     figure.figimage(canvas, xo=0, yo=LEGEND_PX, origin="upper")
-    figure.text(0.5, 1 - 4 / lay.height, _title(record), ha="center", va="top", color="white", fontsize=9)
+    fontsize = 9 if lay.width >= 300 else 7
+    figure.text(0.5, 1 - 3 / lay.height, _title(record), ha="center", va="top", color="white", fontsize=fontsize, linespacing=1.3)
     for index, z in enumerate(lay.slices):
         left = lay.panel_origin(index)[0]
         figure.text((left + 4) / lay.width, (LEGEND_PX + 4) / lay.height, f"z={z}", color="white", fontsize=8)

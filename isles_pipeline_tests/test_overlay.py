@@ -84,6 +84,7 @@ def test_overlay_shows_the_slices_where_the_lesion_is_largest():
 def test_overlay_title_carries_dice_and_lesion_counts_rounded_for_people():
     title = _title(RECORD)
     assert "Dice 0.512" in title and "TP 1 FP 0 FN 0" in title and "predicted 0.12 ml" in title and "true 0.30 ml" in title
+    assert title.count("\n") == 2
 
 
 def test_overlay_refuses_masks_on_another_grid():
