@@ -24,7 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # isles_pipeline_tests, when run from a plain checkout
 
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
-from isles_pipeline_tests.dagster_dev import CHAIN_ASSETS, DagsterDevStack, dagster_dev_stack  # noqa: E402
+from isles_pipeline_tests.dagster_dev import DagsterDevStack, dagster_dev_stack, model_keys  # noqa: E402
 
 CASES = list(CASE_IDS[:3])
 DEFAULT_OUT = REPO_ROOT / "docs" / "ui-case-metrics.png"
@@ -63,13 +63,13 @@ def build_replica(work_dir: Path) -> Path:
 
 def backfill_cases(stack: DagsterDevStack) -> None:
     """Backfill the chain for CASES and print each case's Dice as the UI knows it."""
-    backfill_id = stack.client.launch_asset_backfill(CHAIN_ASSETS, CASES, title="screenshot: first three cases")
+    backfill_id = stack.client.launch_asset_backfill(["case_inputs"], CASES, title="screenshot: first three cases")
     print(f"backfill {backfill_id}: {len(CASES)} cases, waiting ...", flush=True)
     backfill = stack.client.wait_for_backfill(backfill_id)
-    metrics = stack.client.asset_partitions("case_metrics", CASES).metadata
-    print(f"backfill {backfill_id}: {backfill['status']} in {len(backfill['runs'])} run(s)")
-    for case_id in CASES:
-        print(f"  {case_id}: dice {metrics[case_id]['dice']:.3f}")
+    print(f"backfill {backfill_id}: {backfill['status']} in {len(backfill['runs'])} run(s); waiting for the models ...", flush=True)
+    metrics = stack.client.wait_for_materialized("case_metrics", model_keys(CASES)).metadata
+    for case_id, key in zip(CASES, model_keys(CASES), strict=True):
+        print(f"  {key}: dice {metrics[key]['dice']:.3f}")
 
 
 def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeout_s: float = 120.0) -> None:
