@@ -68,7 +68,7 @@ def backfill_cases(stack: DagsterDevStack) -> None:
     backfill = stack.client.wait_for_backfill(backfill_id)
     print(f"backfill {backfill_id}: {backfill['status']} in {len(backfill['runs'])} run(s); waiting for the models ...", flush=True)
     metrics = stack.client.wait_for_materialized("case_metrics", model_keys(CASES)).metadata
-    for case_id, key in zip(CASES, model_keys(CASES), strict=True):
+    for key in model_keys(CASES):
         print(f"  {key}: dice {metrics[key]['dice']:.3f}")
 
 
