@@ -446,7 +446,8 @@ def hide_first_visit_modal(dagster_home: Path) -> None:
         config.write_text(text.rstrip("\n") + "\nnux:\n  enabled: false\n")
 
 
-def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, segmenter: str | None) -> dict[str, str]:
+def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, segmenter: str | None,
+              models_file: Path | None = None) -> dict[str, str]:
     """The child environment: the parent's minus tokens and pipeline settings, pointed at the local Hub."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_PREFIX)}
     env.update(
@@ -459,6 +460,8 @@ def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, 
     )
     if segmenter:
         env["ISLES_SEGMENTER"] = segmenter
+    if models_file:
+        env["ISLES_MODELS"] = str(models_file)
     return env
 
 
@@ -468,13 +471,15 @@ def dagster_dev_stack(
     replica_dir: Path,
     *,
     segmenter: str | None = None,
+    models_file: Path | None = None,
     repo_root: Path = REPO_ROOT,
     startup_timeout_s: float = 180.0,
     stop_grace_s: float = 30.0,
 ) -> Iterator[DagsterDevStack]:
     """Serve ``replica_dir`` on a local Hub and run ``dagster dev`` against it; files go to ``work_dir``.
 
-    ``repo_root`` is where ``workspace.yaml`` is (and where the code location is imported from).
+    ``repo_root`` is where ``workspace.yaml`` is (and where the code location is imported from);
+    ``models_file`` is the model registry (ISLES_MODELS; default: the built-in ``rules``).
 
     Everything is stopped on exit, also when the body raises; a process of the group that
     survives the stop is an error (the test would otherwise leak it).
@@ -489,7 +494,7 @@ def dagster_dev_stack(
     hub = HubServer(host="127.0.0.1", port=0)
     hub.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
     with hub:
-        env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter)
+        env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter, models_file)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start_dagster_dev(port, env, log_path, repo_root)

@@ -1,12 +1,14 @@
 """Screenshot the Dagster UI's ``case_metrics`` asset page after a three-case backfill.
 
 Starts the whole stack (replica behind the local Hub server, ``dagster dev``; see
-``isles_pipeline_tests/dagster_dev.py``), backfills the case chain for the first three cases
-over GraphQL, then lets headless Chromium render the asset's partitions view with one case's
-Dice metadata, and writes the PNG (default ``docs/ui-case-metrics.png``). Not part of CI.
+``isles_pipeline_tests/dagster_dev.py``) with two registered models (``rules`` and
+``rules:loose``), backfills case_inputs for the first three cases over GraphQL (the
+``models_after_inputs`` sensor then runs both models), and lets headless Chromium render the
+asset's case x model partitions view with one (case, model)'s metadata and overlay picture; the
+PNG goes to ``--out`` (default ``docs/ui-case-metrics.png``). Not part of CI.
 
     apt-get install -y chromium   # Debian's chromium, once
-    python scripts/screenshot_ui.py [--out docs/ui-case-metrics.png] [--partition sub-stroke0001]
+    python scripts/screenshot_ui.py [--out docs/ui-case-metrics.png] [--partition sub-stroke0001] [--model rules]
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import signal
 import subprocess
 import sys
 import tempfile
+import urllib.parse
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # isles_pipeline_tests, when run from a plain checkout
 
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
+from isles_pipeline.models import ModelSpec, write_registry  # noqa: E402
 from isles_pipeline_tests.dagster_dev import DagsterDevStack, dagster_dev_stack, model_keys  # noqa: E402
 
 CASES = list(CASE_IDS[:3])
+MODELS = [ModelSpec("rules"), ModelSpec("rules:loose", options={"dwi_factor": 1.15, "adc_high": 0.8})]
 DEFAULT_OUT = REPO_ROOT / "docs" / "ui-case-metrics.png"
 MAX_BYTES = 500_000
 CHROMIUM_FLAGS = [
@@ -67,8 +72,9 @@ def backfill_cases(stack: DagsterDevStack) -> None:
     print(f"backfill {backfill_id}: {len(CASES)} cases, waiting ...", flush=True)
     backfill = stack.client.wait_for_backfill(backfill_id)
     print(f"backfill {backfill_id}: {backfill['status']} in {len(backfill['runs'])} run(s); waiting for the models ...", flush=True)
-    metrics = stack.client.wait_for_materialized("case_metrics", model_keys(CASES)).metadata
-    for key in model_keys(CASES):
+    keys = [key for model in MODELS for key in model_keys(CASES, model.name)]
+    metrics = stack.client.wait_for_materialized("case_metrics", keys).metadata
+    for key in keys:
         print(f"  {key}: dice {metrics[key]['dice']:.3f}")
 
 
@@ -100,6 +106,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNG goes (default: %(default)s)")
     parser.add_argument("--partition", default=CASES[0], choices=CASES, help="the case whose metadata the page shows")
+    parser.add_argument("--model", default=MODELS[0].name, choices=[m.name for m in MODELS], help="the model of that partition")
     parser.add_argument("--chromium", help="chromium binary (default: /usr/bin/chromium)")
     parser.add_argument("--repo-root", type=Path, default=REPO_ROOT, help="the checkout whose workspace.yaml dagster dev serves")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (replica, DAGSTER_HOME, dagster dev log)")
@@ -116,10 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(HF_HOME=str(work_dir / "hf_home"))
     try:
         replica = build_replica(work_dir)
-        with dagster_dev_stack(work_dir / "stack", replica, repo_root=args.repo_root.resolve()) as stack:
+        models_file = write_registry(work_dir / "models.yaml", MODELS)
+        with dagster_dev_stack(work_dir / "stack", replica, models_file=models_file, repo_root=args.repo_root.resolve()) as stack:
             print(f"dagster dev: {stack.url} (log {stack.log_path})", flush=True)
             backfill_cases(stack)
-            url = f"{stack.url}/assets/case_metrics?view=partitions&partition={args.partition}"
+            partition = urllib.parse.quote(f"{args.partition}|{args.model}", safe="")
+            url = f"{stack.url}/assets/case_metrics?view=partitions&partition={partition}"
             print(f"screenshot of {url} ...", flush=True)
             take_screenshot(chromium, url, out, work_dir / "chromium-profile")
         shrink_if_large(out)
