@@ -31,15 +31,24 @@ def run_cases_of(run: dg.DagsterRun) -> list[str]:
     return [run.tags["dagster/partition"]] if "dagster/partition" in run.tags else []
 
 
+def fetched_inputs(run: dg.DagsterRun) -> bool:
+    """Whether the run materialised case_inputs: a case_inputs_job run, or a backfill or UI run
+    (those run as the implicit asset job) whose selection holds the asset."""
+    return run.job_name == case_inputs_job.name or dg.AssetKey("case_inputs") in (run.asset_selection or ())
+
+
+# Every job of the code location is watched (no monitored_jobs): a backfill launched from the
+# asset graph runs as the implicit asset job, not as case_inputs_job.
 @dg.run_status_sensor(
     run_status=dg.DagsterRunStatus.SUCCESS,
-    monitored_jobs=[case_inputs_job],
     request_job=model_chain_job,
     name="models_after_inputs",
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="When a case_inputs run succeeds, run every registered model on its cases (one run per model).",
+    description="When a run that fetched case_inputs succeeds, run every registered model on its cases (one run per model).",
 )
 def models_after_inputs(context: dg.RunStatusSensorContext, models: ModelRegistryResource):
+    if not fetched_inputs(context.dagster_run):
+        return dg.SkipReason(f"run {context.dagster_run.run_id} did not fetch case_inputs")
     cases, names = run_cases_of(context.dagster_run), models.registry().names
     if not cases:
         return dg.SkipReason("the run named no case")
