@@ -387,6 +387,14 @@ class GraphQLClient:
                 raise StackError(f"{asset_name}: {found.stats['numFailed']} partition(s) failed")
         raise StackError(f"{asset_name}: {sorted(set(partitions) - set(found.metadata))} not materialised after {timeout_s:.0f} s")
 
+    def wait_for_run(self, run_id: str, timeout_s: float = 120.0, poll_s: float = 2.0) -> dict[str, Any]:
+        """Poll until the run has ended (its materialisations show before it does); return ``run_assets``."""
+        for _ in _polls(timeout_s, poll_s):
+            run = self.run_assets(run_id)
+            if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                return run
+        raise StackError(f"run {run_id} still {run['status']} after {timeout_s:.0f} s")
+
     def wait_for_backfill(self, backfill_id: str, timeout_s: float = 420.0, poll_s: float = 2.0) -> dict[str, Any]:
         """Poll until the backfill completes; raise with its error text if it fails or times out."""
         for _ in _polls(timeout_s, poll_s):

@@ -67,7 +67,7 @@ def outcome(tmp_path_factory, replica_dir) -> BackfillOutcome:
         backfill = stack.client.wait_for_backfill(backfill_id, timeout_s=300)
         runs = [stack.client.run_assets(run["runId"]) for run in backfill["runs"]]
         metrics = stack.client.wait_for_materialized("case_metrics", KEYS, timeout_s=240)
-        model_runs = [stack.client.run_assets(run_id) for run_id in sorted({m["runId"] for m in metrics.runs.values()})]
+        model_runs = [stack.client.wait_for_run(run_id) for run_id in sorted({m["runId"] for m in metrics.runs.values()})]
         on_disk = {case_id: stack.metrics_on_disk(case_id) for case_id in CASES}
         automation = stack.client.execute(AUTOMATION_QUERY)
         pgid, home = stack.pgid, str(stack.dagster_home)
