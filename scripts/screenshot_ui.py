@@ -78,9 +78,10 @@ def backfill_cases(stack: DagsterDevStack) -> None:
         print(f"  {key}: dice {metrics[key]['dice']:.3f}")
 
 
-def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeout_s: float = 120.0) -> None:
+def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeout_s: float = 120.0, window: str | None = None) -> None:
     """Render ``url`` headless into ``out``; chromium runs in its own process group, stopped on timeout."""
-    command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile_dir}", f"--screenshot={out}", url]
+    flags = [f if not (window and f.startswith("--window-size=")) else f"--window-size={window}" for f in CHROMIUM_FLAGS]
+    command = [chromium, *flags, f"--user-data-dir={profile_dir}", f"--screenshot={out}", url]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         output, _ = process.communicate(timeout=timeout_s)
@@ -107,6 +108,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNG goes (default: %(default)s)")
     parser.add_argument("--partition", default=CASES[0], choices=CASES, help="the case whose metadata the page shows")
     parser.add_argument("--model", default=MODELS[0].name, choices=[m.name for m in MODELS], help="the model of that partition")
+    parser.add_argument("--overlay-out", type=Path, default=None,
+                        help="also a tall shot of the same page, down to the overlay picture in the partition's metadata")
     parser.add_argument("--chromium", help="chromium binary (default: /usr/bin/chromium)")
     parser.add_argument("--repo-root", type=Path, default=REPO_ROOT, help="the checkout whose workspace.yaml dagster dev serves")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (replica, DAGSTER_HOME, dagster dev log)")
@@ -131,7 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             url = f"{stack.url}/assets/case_metrics?view=partitions&partition={partition}"
             print(f"screenshot of {url} ...", flush=True)
             take_screenshot(chromium, url, out, work_dir / "chromium-profile")
+            if args.overlay_out:
+                args.overlay_out.parent.mkdir(parents=True, exist_ok=True)
+                take_screenshot(chromium, url, args.overlay_out.resolve(), work_dir / "chromium-profile", window="1600,2400")
         shrink_if_large(out)
+        if args.overlay_out:
+            shrink_if_large(args.overlay_out.resolve())
     finally:
         if args.keep:
             print(f"work folder kept: {work_dir}")
