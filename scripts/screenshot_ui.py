@@ -93,6 +93,69 @@ def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeo
         raise SystemExit(f"chromium failed ({process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
 
 
+def screenshot_after_click(chromium: str, url: str, out: Path, profile_dir: Path, click_text: str, window: str = "1600,1000",
+                           timeout_s: float = 120.0) -> None:
+    """Open ``url`` in headless chromium, click the first element whose text is ``click_text`` (e.g. the
+    partition's "[Show Markdown]" of the overlay), and write a screenshot: over the DevTools protocol."""
+    import base64
+    import json
+    import time
+    import urllib.request
+
+    from websockets.sync.client import connect
+
+    port = _free_port()
+    flags = [f for f in CHROMIUM_FLAGS if not f.startswith(("--window-size=", "--virtual-time-budget="))]
+    command = [chromium, *flags, f"--window-size={window}", f"--user-data-dir={profile_dir}", f"--remote-debugging-port={port}",
+               "about:blank"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as answer:
+                    target = next(t for t in json.load(answer) if t["type"] == "page")
+                break
+            except (OSError, StopIteration):
+                if time.monotonic() > deadline:
+                    raise SystemExit("chromium's DevTools endpoint did not come up") from None
+                time.sleep(0.5)
+        with connect(target["webSocketDebuggerUrl"], max_size=None) as ws:
+            ids = iter(range(1, 1_000_000))
+
+            def call(method: str, **params):
+                message_id = next(ids)
+                ws.send(json.dumps({"id": message_id, "method": method, "params": params}))
+                while True:
+                    reply = json.loads(ws.recv(timeout=timeout_s))
+                    if reply.get("id") == message_id:
+                        return reply.get("result", {})
+
+            call("Page.enable")
+            call("Page.navigate", url=url)
+            script = ("(() => { const el = [...document.querySelectorAll('button, a, span, div')]"
+                      f".find(e => e.textContent.trim() === {json.dumps(click_text)}); if (el) {{ el.click(); return true; }} return false; }})()")
+            clicked = False
+            while not clicked and time.monotonic() < deadline:
+                time.sleep(1.0)
+                clicked = call("Runtime.evaluate", expression=script, returnByValue=True).get("result", {}).get("value", False)
+            if not clicked:
+                raise SystemExit(f"no element with the text {click_text!r} on {url}")
+            time.sleep(3.0)  # the dialog and its image render
+            out.write_bytes(base64.b64decode(call("Page.captureScreenshot", format="png")["data"]))
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def shrink_if_large(path: Path, max_bytes: int = MAX_BYTES) -> None:
     """Re-encode the PNG with a palette when it is over ``max_bytes``."""
     if path.stat().st_size <= max_bytes:
@@ -109,7 +172,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--partition", default=CASES[0], choices=CASES, help="the case whose metadata the page shows")
     parser.add_argument("--model", default=MODELS[0].name, choices=[m.name for m in MODELS], help="the model of that partition")
     parser.add_argument("--overlay-out", type=Path, default=None,
-                        help="also a tall shot of the same page, down to the overlay picture in the partition's metadata")
+                        help="also a shot of the same page with the partition's overlay opened (its [Show Markdown])")
     parser.add_argument("--chromium", help="chromium binary (default: /usr/bin/chromium)")
     parser.add_argument("--repo-root", type=Path, default=REPO_ROOT, help="the checkout whose workspace.yaml dagster dev serves")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (replica, DAGSTER_HOME, dagster dev log)")
@@ -136,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             take_screenshot(chromium, url, out, work_dir / "chromium-profile")
             if args.overlay_out:
                 args.overlay_out.parent.mkdir(parents=True, exist_ok=True)
-                take_screenshot(chromium, url, args.overlay_out.resolve(), work_dir / "chromium-profile", window="1600,2400")
+                screenshot_after_click(chromium, url, args.overlay_out.resolve(), work_dir / "chromium-cdp", "[Show Markdown]")
         shrink_if_large(out)
         if args.overlay_out:
             shrink_if_large(args.overlay_out.resolve())
