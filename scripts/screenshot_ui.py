@@ -93,7 +93,7 @@ def take_screenshot(chromium: str, url: str, out: Path, profile_dir: Path, timeo
         raise SystemExit(f"chromium failed ({process.returncode}):\n{output.decode(errors='replace')[-3000:]}")
 
 
-def screenshot_after_click(chromium: str, url: str, out: Path, profile_dir: Path, click_text: str, window: str = "1600,1000",
+def screenshot_after_click(chromium: str, url: str, out: Path, profile_dir: Path, click_text: str, window: str = "1600,1200",
                            timeout_s: float = 120.0) -> None:
     """Open ``url`` in headless chromium, click the first element whose text is ``click_text`` (e.g. the
     partition's "[Show Markdown]" of the overlay), and write a screenshot: over the DevTools protocol."""
@@ -133,8 +133,11 @@ def screenshot_after_click(chromium: str, url: str, out: Path, profile_dir: Path
 
             call("Page.enable")
             call("Page.navigate", url=url)
-            script = ("(() => { const el = [...document.querySelectorAll('button, a, span, div')]"
-                      f".find(e => e.textContent.trim() === {json.dumps(click_text)}); if (el) {{ el.click(); return true; }} return false; }})()")
+            # the innermost element with the text: its wrappers have the same text but no click handler
+            text = json.dumps(click_text)
+            script = (f"(() => {{ const t = {text}; const el = [...document.querySelectorAll('*')].find(e => e.textContent.trim() === t"
+                      " && ![...e.children].some(c => c.textContent.trim() === t)); if (el) { el.scrollIntoView(); el.click(); return true; }"
+                      " return false; })()")
             clicked = False
             while not clicked and time.monotonic() < deadline:
                 time.sleep(1.0)
