@@ -184,8 +184,19 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--home", type=Path, default=Path(".isles"), help="working folder: replica, data, DAGSTER_HOME (default .isles)")
     demo.add_argument("--grid", default="demo", help="replica grid: tiny, demo or real")
     demo.add_argument("--ctp-mb", type=float, default=20.0)
-    demo.add_argument("--segmenter", default=None, type=_segmenter, help="default ISLES_SEGMENTER or rules")
+    demo.add_argument("--segmenter", default=None, type=_segmenter, help="one model: default ISLES_SEGMENTER or rules")
+    demo.add_argument("--models", default=None, type=_model_list,
+                      help="models to compare, e.g. rules,network (a network without --checkpoint is trained on the replica first)")
+    demo.add_argument("--checkpoint", default=None, help="the network model's checkpoint (default ISLES_CHECKPOINT)")
     demo.set_defaults(run=_demo)
+
+
+def _model_list(text: str) -> list[str]:
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    kinds = {name.split(":", 1)[0] for name in names}
+    if not names or not kinds <= {"rules", "network"}:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of rules, network (or <kind>:<label>)")
+    return names
 
 
 def _case_count(text: str) -> int:
@@ -199,7 +210,8 @@ def _case_count(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.home, cases=args.cases, grid=args.grid, ctp_mb=args.ctp_mb, segmenter=args.segmenter)
+    return run_demo(args.home, cases=args.cases, grid=args.grid, ctp_mb=args.ctp_mb, segmenter=args.segmenter,
+                    models=args.models, checkpoint=args.checkpoint)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,9 +1,11 @@
 """``isles-pipeline demo``: the whole pipeline on a local replica, offline, in a few minutes.
 
 It builds a synthetic replica of N cases (once), serves it on 127.0.0.1 with the local Hub
-server, materialises case_inputs -> case_prediction -> case_metrics for each case and then
-metrics_report into a persistent DAGSTER_HOME, so that ``dagster dev -w workspace.yaml``
-afterwards shows the runs, partitions and metadata.
+server, materialises case_inputs and, for every model compared, case_prediction -> case_metrics
+for each case, then metrics_report and the leaderboard into a persistent DAGSTER_HOME, so that
+``dagster dev -w workspace.yaml`` afterwards shows the runs, the case x model grid and metadata.
+``--models rules,network`` compares models; a network without ``--checkpoint`` (or
+``ISLES_CHECKPOINT``) is first trained, small, on the replica (the ``segmenter_checkpoint`` asset).
 """
 
 from __future__ import annotations
@@ -61,17 +63,51 @@ def environment(values: dict[str, str]):
                 os.environ[key] = value
 
 
-def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.0, segmenter: str | None = None) -> int:
+DEMO_TRAINED = "network:demo"
+# A network that trains in about a minute on the CPU: coarse grid, small patches, few filters.
+DEMO_TRAINING = {"epochs": 30, "steps_per_epoch": 4, "batch_size": 4, "patch_size": [16, 16, 16], "init_filters": 8,
+                 "target_spacing": [4.0, 4.0, 4.0], "learning_rate": 0.01, "amp": False}
+
+
+def demo_models(tokens: list[str], checkpoint: str | None) -> tuple[list, bool]:
+    """The models of ``--models`` (``rules``, ``network``, ``rules:<label>``, ``network:<label>``)
+    and whether a network must be trained first (a network without a checkpoint)."""
+    from .models import ModelRegistryError, ModelSpec, parse_registry
+
+    specs, train = [], False
+    for token in tokens:
+        name = token.strip()
+        if name.split(":", 1)[0] == "network":
+            train = train or not checkpoint
+            name = name if ":" in name else (DEMO_TRAINED if not checkpoint else "network:given")
+            specs.append(ModelSpec(name, checkpoint or "<trained by the demo>"))
+        else:
+            specs.append(ModelSpec(name))
+    if not specs:
+        raise ModelRegistryError("--models: name at least one model, e.g. rules,network")
+    parse_registry({"models": [{"name": m.name, "checkpoint": m.checkpoint} if m.checkpoint else {"name": m.name} for m in specs]}, "--models")
+    return specs, train
+
+
+def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.0, segmenter: str | None = None,
+             models: list[str] | None = None, checkpoint: str | None = None) -> int:
     from .hub.server import HubServer
+    from .models import ModelSpec, write_registry
 
     home = home.resolve()
     if not 1 <= cases <= len(CASE_IDS):
         raise ValueError(f"--cases must be between 1 and {len(CASE_IDS)}, got {cases}")
+    checkpoint = checkpoint or os.environ.get("ISLES_CHECKPOINT") or None
+    tokens = models or [segmenter or os.environ.get("ISLES_SEGMENTER") or "rules"]
+    specs, train = demo_models(tokens, checkpoint)
+    if train and cases < 3:
+        raise ValueError("--models with a network to train needs --cases 3 or more (or --checkpoint)")
     case_ids = list(CASE_IDS[:cases])
     replica = home / "replica"
     ensure_replica(replica, case_ids, grid, ctp_mb)
     dagster_home = prepare_dagster_home(home / "dagster_home")
     data_dir = home / "data"
+    registry = home / "models.yaml"
     server = HubServer(host="127.0.0.1", port=0)
     server.add_repo("dataset", DEFAULT_REPO_ID, replica)
     with server:
@@ -81,40 +117,76 @@ def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.
             "ISLES_DATA_DIR": str(data_dir),
             "DAGSTER_HOME": str(dagster_home),
             "ISLES_HF_REPO": DEFAULT_REPO_ID,
+            "ISLES_MODELS": str(registry),
         }
-        if segmenter:
-            env["ISLES_SEGMENTER"] = segmenter
         with environment(env):
-            failed = _materialise(case_ids)
-    _print_outcome(home, data_dir, dagster_home, failed)
+            fetched = []
+            if train:
+                # fetching reads the registry for the columns: the models known before training
+                write_registry(registry, [m for m in specs if m.name != DEMO_TRAINED] or [ModelSpec("rules")])
+                specs, fetched = _train_first(case_ids, specs)
+            write_registry(registry, specs)
+            print(f"models: {', '.join(m.name for m in specs)} (registry {registry})")
+            failed = _materialise(case_ids, fetched)
+    _print_outcome(home, data_dir, dagster_home, failed, [m.name for m in specs])
     return 1 if failed else 0
 
 
-def _materialise(case_ids: list[str]) -> list[str]:
-    """Run the chain for each case, then the report; return the cases that failed."""
-    from .defs.runner import materialise_cases, materialise_report
+def _train_first(case_ids: list[str], specs: list) -> tuple[list, list[str]]:
+    """Fetch the cases, train the small network on all but the last two, and point the network
+    model at the checkpoint."""
+    from dataclasses import replace
+
+    from .defs.runner import fetch_cases, train_network
+
+    print(f"network: no checkpoint given; training a small one on {len(case_ids) - 2} replica cases first ...", flush=True)
+    failed = fetch_cases(case_ids)
+    usable = [c for c in case_ids if c not in failed]
+    if len(usable) < 3:
+        raise RuntimeError(f"training needs 3 fetched cases, got {len(usable)} (failed: {', '.join(failed)})")
+    started = time.perf_counter()
+    checkpoint, held_out_dice = train_network(usable[:-2], usable[-2:], DEMO_TRAINING)
+    print(f"network: trained in {time.perf_counter() - started:.0f} s, held-out Dice {held_out_dice:.3f}; {checkpoint}")
+    return [replace(m, checkpoint=checkpoint) if m.name == DEMO_TRAINED else m for m in specs], usable
+
+
+def _materialise(case_ids: list[str], fetched: list[str]) -> list[str]:
+    """Run the chain for each case with every model, then the report and the leaderboard; return
+    the cases that failed."""
+    from .defs.runner import materialise_cases, materialise_reports
 
     started, failed = time.perf_counter(), []
     for index, case_id in enumerate(case_ids, start=1):
-        line = materialise_cases([case_id])
+        line = materialise_cases([case_id], fetch=case_id not in fetched)
         failed += line.failed
         print(f"[{index}/{len(case_ids)}] {line.text}  ({time.perf_counter() - started:.0f} s)", flush=True)
-    report_text = materialise_report()
+    summaries = materialise_reports()
     print()
-    print(report_text)
+    print(summaries["metrics_report"])
+    print(_without_images(summaries["leaderboard"]))
     return failed
 
 
-def _print_outcome(home: Path, data_dir: Path, dagster_home: Path, failed: list[str]) -> None:
-    report = data_dir / "report"
+def _without_images(markdown: str) -> str:
+    """The leaderboard's markdown for a terminal: the inline plots (data: URIs) left out."""
+    return "\n".join(line for line in markdown.splitlines() if "data:image/png;base64," not in line)
+
+
+def _print_outcome(home: Path, data_dir: Path, dagster_home: Path, failed: list[str], models: list[str]) -> None:
+    from .models import slug_of
+
+    report, board = data_dir / "report", data_dir / "leaderboard"
+    pictures = "\n".join(f"  {m}: {data_dir / 'cases' / '<case>' / 'models' / slug_of(m) / 'overlay.png'}" for m in models)
     print(
         f"\nfiles:   {data_dir / 'cases'}\n"
         f"report:  {report / 'summary.md'}, {report / 'metrics.csv'}, {report / 'metrics.parquet'}\n"
-        f"plots:   {report / 'dice_per_case.png'}, {report / 'volume_pred_vs_true.png'}\n"
-        f"\nBrowse the runs, partitions and metadata in the Dagster UI:\n"
+        f"leaderboard: {board / 'leaderboard.csv'}, {board / 'leaderboard.parquet'}, {board / 'paired.csv'}\n"
+        f"plots:   {board / 'dice_by_model.png'}, {board / 'bland_altman.png'}, per model under {report}/<model>/\n"
+        f"overlay pictures, one per case and model:\n{pictures}\n"
+        f"\nBrowse the runs, the case x model grid and metadata in the Dagster UI:\n"
         f"  isles-pipeline hub serve {home / 'replica'} --port 8000 &\n"
-        f"  DAGSTER_HOME={dagster_home} ISLES_DATA_DIR={data_dir} HF_ENDPOINT=http://127.0.0.1:8000 "
-        f"dagster dev -w workspace.yaml"
+        f"  DAGSTER_HOME={dagster_home} ISLES_DATA_DIR={data_dir} ISLES_MODELS={home / 'models.yaml'} "
+        f"HF_ENDPOINT=http://127.0.0.1:8000 dagster dev -w workspace.yaml"
     )
     if failed:
         print(f"\n{len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -17,6 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from upath import UPath
 
+from isles_pipeline.formatting import decimals_for, fmt_metric
 from isles_pipeline.metrics import HEADLINE_KEYS
 from isles_pipeline.store import CaseStore
 
@@ -193,7 +194,8 @@ def _counts_section(report: Report) -> str:
 def _summary_section(report: Report) -> str:
     if report.scored_count == 0:
         return ""
-    rows = ([metric, *(row[c] for c in SUMMARY_COLUMNS)] for metric, row in report.summary.iterrows())
+    # a person reads Dice to 3 decimals and volumes to 2 (formatting.py); the files keep all digits
+    rows = ([metric, *(_shown(metric, c, row[c]) for c in SUMMARY_COLUMNS)] for metric, row in report.summary.iterrows())
     headers = ["metric", *("IQR" if c == "iqr" else c for c in SUMMARY_COLUMNS)]
     return "## Summary\n\n" + markdown_table(headers, rows)
 
@@ -203,8 +205,15 @@ def _worst_section(report: Report) -> str:
         return ""
     columns = [c for c in WORST_CASE_COLUMNS if c in report.cases.columns]
     worst = report.cases.set_index(CASE_ID).loc[report.worst_cases].reset_index()
-    rows = worst[columns].itertuples(index=False)
+    rows = ([_shown(c, c, v) for c, v in zip(columns, row, strict=True)] for row in worst[columns].itertuples(index=False))
     return f"## Worst {len(report.worst_cases)} cases by Dice\n\n" + markdown_table(columns, rows)
+
+
+def _shown(metric: str, column: str, value: object) -> object:
+    """A summary or worst-case cell for a person: fixed decimals for scores and volumes."""
+    if column == "n" or decimals_for(metric) is None or not isinstance(value, (int, float, np.number)):
+        return value
+    return fmt_metric(metric, float(value))
 
 
 def _cases_section(title: str, items: Sequence[str], none: str = "None.") -> str:

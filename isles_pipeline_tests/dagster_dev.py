@@ -9,8 +9,10 @@ the whole group (SIGINT, then SIGKILL) and then checks that no process of the gr
 Usage::
 
     with dagster_dev_stack(tmp_path / "stack", replica_dir) as stack:
-        backfill_id = stack.client.launch_asset_backfill(CHAIN, case_ids)
+        backfill_id = stack.client.launch_asset_backfill(["case_inputs"], case_ids)
         stack.client.wait_for_backfill(backfill_id)
+        # the models_after_inputs sensor runs every registered model on the fetched cases
+        stack.client.wait_for_materialized("case_metrics", model_keys(case_ids))
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,12 @@ from isles_pipeline.demo import prepare_dagster_home
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ASSETS = ("case_inputs", "case_prediction", "case_metrics")
+MODEL_ASSETS = CHAIN_ASSETS[1:]
+
+
+def model_keys(case_ids: Sequence[str], model: str = "rules") -> list[str]:
+    """The (case, model) partition keys of the cases for one model."""
+    return [f"{case_id}|{model}" for case_id in case_ids]
 # Variables of the parent that must not leak into the stack: tokens, where things are, and (by
 # prefix) every setting of the pipeline (ISLES_SEGMENTER, ISLES_DEVICE, ISLES_BACKFILL_CRON ...).
 SCRUBBED_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GITHUB_TOKEN", "HF_ENDPOINT", "HF_HOME", "DAGSTER_HOME")
@@ -252,6 +260,7 @@ class AssetPartitions:
 
     stats: dict[str, int]
     metadata: dict[str, dict[str, Any]]
+    runs: dict[str, dict[str, str]] = field(default_factory=dict)  # partition -> {"runId": ...} of the latest
 
 
 def _entry_value(entry: dict[str, Any]) -> Any:
@@ -323,9 +332,11 @@ class GraphQLClient:
         if len(nodes) != 1:
             raise StackError(f"expected one asset node {asset_name!r}, got {len(nodes)}")
         latest: dict[str, dict[str, Any]] = {}
+        runs: dict[str, dict[str, str]] = {}
         for event in sorted(nodes[0]["assetMaterializations"], key=lambda e: int(e["timestamp"])):
             latest[event["partition"]] = {entry["label"]: _entry_value(entry) for entry in event["metadataEntries"]}
-        return AssetPartitions(stats=nodes[0]["partitionStats"], metadata=latest)
+            runs[event["partition"]] = {"runId": event["runId"]}
+        return AssetPartitions(stats=nodes[0]["partitionStats"], metadata=latest, runs=runs)
 
     def run_assets(self, run_id: str) -> dict[str, Any]:
         """A run's status, tags, selected assets and the (asset, partition) pairs it materialised."""
@@ -367,6 +378,25 @@ class GraphQLClient:
             if run["status"] == "FAILURE":
                 lines += [f"  {failure}" for failure in self.run_failures(run["runId"])]
         return "\n".join(lines) or "no error text and no runs"
+
+    def wait_for_materialized(self, asset_name: str, partitions: Sequence[str], timeout_s: float = 300.0, poll_s: float = 3.0) -> AssetPartitions:
+        """Poll until every one of ``partitions`` of the asset is materialised (runs that sensors
+        launch); raise if one fails or time runs out."""
+        for _ in _polls(timeout_s, poll_s):
+            found = self.asset_partitions(asset_name, partitions)
+            if set(partitions) <= set(found.metadata):
+                return found
+            if found.stats and found.stats.get("numFailed"):
+                raise StackError(f"{asset_name}: {found.stats['numFailed']} partition(s) failed")
+        raise StackError(f"{asset_name}: {sorted(set(partitions) - set(found.metadata))} not materialised after {timeout_s:.0f} s")
+
+    def wait_for_run(self, run_id: str, timeout_s: float = 120.0, poll_s: float = 2.0) -> dict[str, Any]:
+        """Poll until the run has ended (its materialisations show before it does); return ``run_assets``."""
+        for _ in _polls(timeout_s, poll_s):
+            run = self.run_assets(run_id)
+            if run["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
+                return run
+        raise StackError(f"run {run_id} still {run['status']} after {timeout_s:.0f} s")
 
     def wait_for_backfill(self, backfill_id: str, timeout_s: float = 420.0, poll_s: float = 2.0) -> dict[str, Any]:
         """Poll until the backfill completes; raise with its error text if it fails or times out."""
@@ -413,9 +443,9 @@ class DagsterDevStack:
         """The process group of ``dagster dev`` and all its children."""
         return self.process.pid
 
-    def metrics_on_disk(self, case_id: str) -> dict[str, Any]:
-        """The case's ``metrics.json`` as the pipeline wrote it."""
-        return json.loads((self.data_dir / "cases" / case_id / "metrics.json").read_text())
+    def metrics_on_disk(self, case_id: str, model: str = "rules") -> dict[str, Any]:
+        """The (case, model)'s ``metrics.json`` as the pipeline wrote it."""
+        return json.loads((self.data_dir / "cases" / case_id / "models" / model.replace(":", "_") / "metrics.json").read_text())
 
 
 def hide_first_visit_modal(dagster_home: Path) -> None:
@@ -427,7 +457,8 @@ def hide_first_visit_modal(dagster_home: Path) -> None:
         config.write_text(text.rstrip("\n") + "\nnux:\n  enabled: false\n")
 
 
-def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, segmenter: str | None) -> dict[str, str]:
+def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, segmenter: str | None,
+              models_file: Path | None = None) -> dict[str, str]:
     """The child environment: the parent's minus tokens and pipeline settings, pointed at the local Hub."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV and not k.startswith(SCRUBBED_PREFIX)}
     env.update(
@@ -440,6 +471,8 @@ def stack_env(work_dir: Path, hub_url: str, data_dir: Path, dagster_home: Path, 
     )
     if segmenter:
         env["ISLES_SEGMENTER"] = segmenter
+    if models_file:
+        env["ISLES_MODELS"] = str(models_file)
     return env
 
 
@@ -449,13 +482,15 @@ def dagster_dev_stack(
     replica_dir: Path,
     *,
     segmenter: str | None = None,
+    models_file: Path | None = None,
     repo_root: Path = REPO_ROOT,
     startup_timeout_s: float = 180.0,
     stop_grace_s: float = 30.0,
 ) -> Iterator[DagsterDevStack]:
     """Serve ``replica_dir`` on a local Hub and run ``dagster dev`` against it; files go to ``work_dir``.
 
-    ``repo_root`` is where ``workspace.yaml`` is (and where the code location is imported from).
+    ``repo_root`` is where ``workspace.yaml`` is (and where the code location is imported from);
+    ``models_file`` is the model registry (ISLES_MODELS; default: the built-in ``rules``).
 
     Everything is stopped on exit, also when the body raises; a process of the group that
     survives the stop is an error (the test would otherwise leak it).
@@ -470,7 +505,7 @@ def dagster_dev_stack(
     hub = HubServer(host="127.0.0.1", port=0)
     hub.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
     with hub:
-        env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter)
+        env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter, models_file)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start_dagster_dev(port, env, log_path, repo_root)

@@ -84,9 +84,12 @@ def test_demo_runs_the_whole_chain_offline_and_prints_the_report(tmp_path):
     assert "[2/2] sub-stroke0002: fetched" in done.stdout
     assert "- Scored: 2" in done.stdout and "- Failed: 0" in done.stdout
     report = tmp_path / "isles" / "data" / "report"
-    assert sorted(p.name for p in report.iterdir()) == [
+    assert sorted(p.name for p in report.iterdir()) == ["metrics.csv", "metrics.parquet", "rules", "summary.md"]
+    assert sorted(p.name for p in (report / "rules").iterdir()) == [
         "dice_per_case.png", "metrics.csv", "metrics.parquet", "summary.md", "volume_pred_vs_true.png"
     ]
+    assert "## Leaderboard: 1 models, 2 cases completed by every model" in done.stdout
+    assert (tmp_path / "isles" / "data" / "cases" / "sub-stroke0002" / "models" / "rules" / "overlay.png").exists()
     assert (tmp_path / "isles" / "dagster_home" / "dagster.yaml").exists()
     # the runs are in the persistent instance that `dagster dev` will show
     assert any((tmp_path / "isles" / "dagster_home" / "storage").iterdir())

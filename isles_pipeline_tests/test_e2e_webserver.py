@@ -1,5 +1,6 @@
 """End to end through the webserver: ``dagster dev`` on a replica behind the local Hub server,
-a backfill of the case chain for three cases launched and followed over GraphQL, then what the
+a backfill of case_inputs for three cases launched and followed over GraphQL, the registered
+model (the built-in ``rules``) run on them by the ``models_after_inputs`` sensor, then what the
 UI reports (partition counts, Dice metadata) checked against the files on disk.
 
 The module fixture does all of it and stops the stack before the tests look at the outcome, so
@@ -16,16 +17,18 @@ import pytest
 from isles_pipeline.catalogue import CASE_IDS
 
 from .dagster_dev import (
-    CHAIN_ASSETS,
+    MODEL_ASSETS,
     AssetPartitions,
     dagster_dev_stack,
     live_processes_in_group,
     live_processes_with_env,
+    model_keys,
 )
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 CASES = list(CASE_IDS[:3])
+KEYS = model_keys(CASES)
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 
@@ -35,6 +38,7 @@ class BackfillOutcome:
 
     backfill: dict[str, Any]
     runs: list[dict[str, Any]]
+    model_runs: list[dict[str, Any]]
     metrics: AssetPartitions
     metrics_on_disk: dict[str, dict[str, Any]]
     left_in_group: list[int]
@@ -59,15 +63,16 @@ def outcome(tmp_path_factory, replica_dir) -> BackfillOutcome:
     """Start the stack, backfill the chain for CASES, read the results back, stop the stack."""
     work_dir = tmp_path_factory.mktemp("dagster_dev")
     with dagster_dev_stack(work_dir, replica_dir) as stack:
-        backfill_id = stack.client.launch_asset_backfill(CHAIN_ASSETS, CASES, title="e2e: first three cases")
-        backfill = stack.client.wait_for_backfill(backfill_id, timeout_s=420)
+        backfill_id = stack.client.launch_asset_backfill(["case_inputs"], CASES, title="e2e: first three cases")
+        backfill = stack.client.wait_for_backfill(backfill_id, timeout_s=300)
         runs = [stack.client.run_assets(run["runId"]) for run in backfill["runs"]]
-        metrics = stack.client.asset_partitions("case_metrics", CASES)
+        metrics = stack.client.wait_for_materialized("case_metrics", KEYS, timeout_s=240)
+        model_runs = [stack.client.wait_for_run(run_id) for run_id in sorted({m["runId"] for m in metrics.runs.values()})]
         on_disk = {case_id: stack.metrics_on_disk(case_id) for case_id in CASES}
         automation = stack.client.execute(AUTOMATION_QUERY)
         pgid, home = stack.pgid, str(stack.dagster_home)
     return BackfillOutcome(
-        backfill, runs, metrics, on_disk, live_processes_in_group(pgid), live_processes_with_env("DAGSTER_HOME", home), automation
+        backfill, runs, model_runs, metrics, on_disk, live_processes_in_group(pgid), live_processes_with_env("DAGSTER_HOME", home), automation
     )
 
 
@@ -82,24 +87,34 @@ def test_backfill_policy_puts_three_contiguous_cases_in_one_run(outcome):
     (run,) = outcome.runs
     assert run["status"] == "SUCCESS"
     assert (run["tags"][RANGE_START], run["tags"][RANGE_END]) == (CASES[0], CASES[-1])
-    assert run["assets"] == sorted(CHAIN_ASSETS)
-    assert run["materialized"] == sorted((asset, case_id) for asset in CHAIN_ASSETS for case_id in CASES)
+    assert run["assets"] == ["case_inputs"]
+    assert run["materialized"] == [("case_inputs", case_id) for case_id in CASES]
+
+
+def test_the_sensor_runs_the_model_on_the_three_cases_in_one_run(outcome):
+    assert len(outcome.model_runs) == 1, outcome.model_runs
+    (run,) = outcome.model_runs
+    assert run["status"] == "SUCCESS"
+    assert (run["tags"][RANGE_START], run["tags"][RANGE_END], run["tags"]["isles/model"]) == (KEYS[0], KEYS[-1], "rules")
+    assert run["materialized"] == sorted((asset, key) for asset in MODEL_ASSETS for key in KEYS)
 
 
 def test_partition_stats_count_three_of_149_materialized(outcome):
     stats = outcome.metrics.stats
+    # 149 cases x 1 registered model
     assert (stats["numMaterialized"], stats["numPartitions"], stats["numFailed"]) == (3, len(CASE_IDS), 0)
     assert len(CASE_IDS) == 149
 
 
-def test_dice_metadata_of_each_partition_equals_metrics_json(outcome):
-    assert sorted(outcome.metrics.metadata) == CASES
-    for case_id in CASES:
+def test_dice_metadata_of_each_partition_equals_metrics_json_to_the_digits_shown(outcome):
+    assert sorted(outcome.metrics.metadata) == KEYS
+    for case_id, key in zip(CASES, KEYS, strict=True):
         on_disk = outcome.metrics_on_disk[case_id]
-        assert on_disk["case_id"] == case_id
+        assert (on_disk["case_id"], on_disk["model"]) == (case_id, "rules")
         assert 0.0 <= on_disk["dice"] <= 1.0
-        assert outcome.metrics.metadata[case_id]["dice"] == on_disk["dice"], case_id
-        assert outcome.metrics.metadata[case_id]["gt_ml"] == on_disk["gt_ml"], case_id
+        # the UI shows Dice to 3 decimals and volumes to 2; metrics.json keeps every digit
+        assert outcome.metrics.metadata[key]["dice"] == round(on_disk["dice"], 3), case_id
+        assert outcome.metrics.metadata[key]["gt_ml"] == round(on_disk["gt_ml"], 2), case_id
 
 
 def test_no_process_of_the_stack_is_left(outcome):
@@ -110,9 +125,10 @@ def test_no_process_of_the_stack_is_left(outcome):
 def test_the_ui_shows_the_schedule_sensors_probe_and_gpu_pool(outcome):
     repository = outcome.automation["repositoriesOrError"]["nodes"][0]
     schedules = {s["name"]: (s["cronSchedule"], s["scheduleState"]["status"]) for s in repository["schedules"]}
-    assert schedules == {"case_backfill_schedule": ("0 2 * * *", "STOPPED")}
+    assert schedules == {"case_backfill_schedule": ("0 2 * * *", "STOPPED"), "model_backfill_schedule": ("0 2 * * *", "STOPPED")}
     sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
-    assert sensors == {"arrow_issue_sensor": "STOPPED", "report_after_success": "RUNNING", "report_after_failure": "RUNNING"}
+    assert sensors == {"arrow_issue_sensor": "STOPPED", "report_after_success": "RUNNING", "report_after_failure": "RUNNING",
+                       "model_registry_sensor": "RUNNING", "models_after_inputs": "RUNNING"}
     nodes = {"/".join(n["assetKey"]["path"]): n for n in outcome.automation["assetNodes"]}
     assert nodes["case_prediction"]["pools"] == ["gpu"]
     assert nodes["pyarrow_hang_probe"]["groupName"] == "upstream"

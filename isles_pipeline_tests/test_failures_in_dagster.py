@@ -9,8 +9,13 @@ import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
 from isles_pipeline.defs.cases import case_inputs
-from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
-from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, sync_models
+from isles_pipeline.defs.resources import (
+    CaseStoreResource,
+    ModelRegistryResource,
+    SegmenterResource,
+    ShardSourceResource,
+)
 from isles_pipeline.defs.segmentation import case_prediction
 from isles_pipeline.failures import read_failure
 from isles_pipeline.hub import replica
@@ -26,6 +31,7 @@ def resources_for(url: str, data_dir) -> dict:
         "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
         "case_store": CaseStoreResource(data_dir=str(data_dir)),
         "segmenter": SegmenterResource(name="rules", device="cpu"),
+        "models": ModelRegistryResource(path=None),
     }
 
 
@@ -97,10 +103,13 @@ def test_bad_data_in_one_case_runs_is_not_retried(mixed_hub, tmp_path, instance)
 
 @pytest.mark.timeout(120)
 def test_missing_inputs_an_unknown_host_and_an_unwritable_store_fail_at_once(hub, tmp_path, instance):
-    missing = dg.materialize([case_prediction], partition_key=GOOD, instance=instance,
+    sync_models(instance, ["rules"])
+    missing = dg.materialize([case_prediction], partition_key=case_model_key(GOOD, "rules"), instance=instance,
                              resources=resources_for(hub.url, tmp_path / "empty"), raise_on_error=False)
     assert events(missing, "STEP_UP_FOR_RETRY") == []
-    assert f"case {GOOD}: no input files in" in step_failure(missing).error.message
+    assert f"case {GOOD}, model rules: no input files in" in step_failure(missing).error.message
+    note = read_failure(CaseStore(tmp_path / "empty"), GOOD, "case_prediction.rules")
+    assert note["cause"].startswith(f"case {GOOD}, model rules: no input files in")
 
     unknown = dg.materialize([case_inputs], partition_key=GOOD, instance=instance,
                              resources=resources_for("http://isles-hub.invalid", tmp_path / "data"), raise_on_error=False)

@@ -22,11 +22,18 @@ import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
 from isles_pipeline.defs.cases import case_inputs
-from isles_pipeline.defs.jobs import CASE_CHAIN
-from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+from isles_pipeline.defs.jobs import MODEL_CHAIN
+from isles_pipeline.defs.partitions import case_model_key, sync_models
+from isles_pipeline.defs.resources import (
+    CaseStoreResource,
+    ModelRegistryResource,
+    SegmenterResource,
+    ShardSourceResource,
+)
 from isles_pipeline.defs.training import segmenter_checkpoint
 from isles_pipeline.inputs import read_case_images, read_manifest
 from isles_pipeline.metrics import score_masks
+from isles_pipeline.models import ModelSpec, write_registry
 from isles_pipeline.nifti import as_mask
 from isles_pipeline.store import CaseStore
 
@@ -89,6 +96,7 @@ def chain(tmp_path_factory):
         resources = {
             "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=server.url),
             "case_store": CaseStoreResource(data_dir=str(data_dir)),
+            "models": ModelRegistryResource(path=None),
         }
         materialise_each([case_inputs], CASES, instance=instance, resources=resources)
         trained = dg.materialize(
@@ -127,22 +135,29 @@ def test_the_trained_checkpoint_beats_chance_on_held_out_cases(chain) -> None:
     assert sidecar["arch"] == "SegResNet"
 
 
-def test_the_case_chain_runs_the_trained_checkpoint(chain) -> None:
+def TRAINED_MODEL(store: CaseStore) -> ModelSpec:  # noqa: N802 (reads as the constant it stands for)
+    return ModelSpec("network:trained", str(checkpoint_of(store)))
+
+
+def test_the_case_chain_runs_the_trained_checkpoint(chain, tmp_path: Path) -> None:
     instance, store, url = chain
     resources = {
         "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
         "case_store": CaseStoreResource(data_dir=str(store.root)),
-        "segmenter": SegmenterResource(name="network", device="cpu", checkpoint=str(checkpoint_of(store))),
+        "segmenter": SegmenterResource(device="cpu"),
+        "models": ModelRegistryResource(path=str(write_registry(tmp_path / "models.yaml", [TRAINED_MODEL(store)]))),
     }
+    sync_models(instance, ["network:trained"])
 
-    materialise_each(CASE_CHAIN, HELD_OUT, instance=instance, resources=resources)
+    materialise_each(MODEL_CHAIN, [case_model_key(c, "network:trained") for c in HELD_OUT], instance=instance, resources=resources)
 
     held_out_dice = metadata(instance, "segmenter_checkpoint")["held_out_dice"]
     for case_id in HELD_OUT:
-        prediction = metadata(instance, "case_prediction", case_id)
+        prediction = metadata(instance, "case_prediction", case_model_key(case_id, "network:trained"))
         assert (prediction["segmenter"], prediction["device"]) == ("network", "cpu")
         # The sidecar's 4 mm / 16^3 ran: the pipeline's Dice is the one training measured.
-        assert metadata(instance, "case_metrics", case_id)["dice"] == pytest.approx(held_out_dice[case_id], abs=1e-6)
+        record = json.loads((store.root / "cases" / case_id / "models" / "network_trained" / "metrics.json").read_text())
+        assert record["dice"] == pytest.approx(held_out_dice[case_id], abs=1e-6)
 
 
 def test_the_segment_command_runs_the_checkpoint_on_stored_case_files(chain, tmp_path: Path) -> None:
@@ -172,8 +187,8 @@ def test_the_demo_runs_the_chain_with_isles_segmenter_network(chain, tmp_path: P
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    info = json.loads((tmp_path / "demo" / "data" / "cases" / CASES[0] / "prediction.json").read_text())
-    assert (info["segmenter"], info["device"]) == ("network", "cpu")
+    info = json.loads((tmp_path / "demo" / "data" / "cases" / CASES[0] / "models" / "network_given" / "prediction.json").read_text())
+    assert (info["segmenter"], info["device"], info["model"]) == ("network", "cpu", "network:given")
     assert "dice" in done.stdout
 
 

@@ -16,11 +16,17 @@ import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
 from isles_pipeline.definitions import defs
-from isles_pipeline.defs.jobs import CASE_CHAIN
-from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG
+from isles_pipeline.defs.cases import case_inputs
+from isles_pipeline.defs.jobs import MODEL_CHAIN
+from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, range_tags, sync_models
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
-from isles_pipeline.defs.schedules import case_backfill_schedule, plan_backfill
+from isles_pipeline.defs.resources import (
+    CaseStoreResource,
+    ModelRegistryResource,
+    SegmenterResource,
+    ShardSourceResource,
+)
+from isles_pipeline.defs.schedules import case_backfill_schedule, model_backfill_schedule, plan_backfill
 from isles_pipeline.defs.scoring import inputs_on_one_grid, metrics_in_range
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.server import HubServer
@@ -35,7 +41,28 @@ def resources_for(url: str, data_dir) -> dict:
         "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
         "case_store": CaseStoreResource(data_dir=str(data_dir)),
         "segmenter": SegmenterResource(name="rules", device="cpu"),
+        "models": ModelRegistryResource(path=None),
     }
+
+
+RULES = "rules"
+
+
+def rules_dir(root, case_id: str):
+    """Where the rules model's prediction and metrics of a case live."""
+    return root / "cases" / case_id / "models" / RULES
+
+
+def run_chain(instance, resources, cases: list[str], checks: bool = False, **kwargs):
+    """case_inputs for the cases (one run), then the rules model on them (one run): the chain as
+    the backfill runs it. Returns the last result."""
+    sync_models(instance, [RULES])
+    where = {"partition_key": cases[0]} if len(cases) == 1 else {"tags": range_tags(cases)}
+    fetched = dg.materialize([case_inputs, *(CHECKS[:1] if checks else [])], instance=instance, resources=resources, **where, **kwargs)
+    if not fetched.success:
+        return fetched
+    where = {"partition_key": case_model_key(cases[0], RULES)} if len(cases) == 1 else {"tags": range_tags(cases, RULES)}
+    return dg.materialize([*MODEL_CHAIN, *(CHECKS[1:] if checks else [])], instance=instance, resources=resources, **where, **kwargs)
 
 
 def materializations(instance: dg.DagsterInstance, asset: str, partition: str) -> list[dg.AssetMaterialization]:
@@ -60,15 +87,19 @@ def test_definitions_have_149_case_partitions_and_the_gpu_pool():
     assert case_inputs.partitions_def.get_partition_keys() == list(CASE_IDS)
     assert len(CASE_IDS) == 149
     assert defs.resolve_assets_def("case_prediction").op.pool == "gpu"
-    assert {j.name for j in defs.jobs} >= {"case_chain", "report_job", "pyarrow_probe_job"}
-    assert case_backfill_schedule.cron_schedule == "0 2 * * *"
-    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "report_after_success", "report_after_failure"}
+    assert {j.name for j in defs.jobs} >= {"case_inputs_job", "model_chain", "report_job", "pyarrow_probe_job"}
+    assert case_backfill_schedule.cron_schedule == model_backfill_schedule.cron_schedule == "0 2 * * *"
+    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "report_after_success", "report_after_failure",
+                                              "model_registry_sensor", "models_after_inputs"}
 
 
 def test_one_partition_through_the_chain(hub, replica_dir, tmp_path, instance):
     case_id = CASE_IDS[0]
-    result = dg.materialize([*CASE_CHAIN, *CHECKS], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path))
-    assert result.success
+    fetched = dg.materialize([case_inputs, CHECKS[0]], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path))
+    sync_models(instance, [RULES])
+    result = dg.materialize([*MODEL_CHAIN, CHECKS[1]], partition_key=case_model_key(case_id, RULES), instance=instance,
+                            resources=resources_for(hub.url, tmp_path))
+    assert fetched.success and result.success
     inputs = meta(materializations(instance, "case_inputs", case_id)[0])
     cell = pq.read_table(replica_dir / shard_path(case_id), columns=["dwi"]).column("dwi")[0].as_py()["bytes"]
     assert inputs["sha256_dwi"] == hashlib.sha256(cell).hexdigest()
@@ -76,21 +107,21 @@ def test_one_partition_through_the_chain(hub, replica_dir, tmp_path, instance):
     assert inputs["shape"] == "(48, 48, 16)"
     shard_sha = hashlib.sha256((replica_dir / shard_path(case_id)).read_bytes()).hexdigest()
     assert materializations(instance, "case_inputs", case_id)[0].tags["dagster/data_version"] == shard_sha
-    prediction = meta(materializations(instance, "case_prediction", case_id)[0])
-    assert (prediction["segmenter"], prediction["device"]) == ("rules", "cpu")
-    scored = meta(materializations(instance, "case_metrics", case_id)[0])
+    prediction = meta(materializations(instance, "case_prediction", case_model_key(case_id, RULES))[0])
+    assert (prediction["segmenter"], prediction["device"], prediction["model"]) == ("rules", "cpu", RULES)
+    scored = meta(materializations(instance, "case_metrics", case_model_key(case_id, RULES))[0])
     case_dir = tmp_path / "cases" / case_id
-    direct = score_files(case_dir / "prediction.nii.gz", case_dir / "lesion_mask.nii.gz").as_dict()
-    assert {k: scored[k] for k in direct} == pytest.approx(direct)
-    assert json.loads((case_dir / "metrics.json").read_text())["dice"] == direct["dice"]
-    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    direct = score_files(rules_dir(tmp_path, case_id) / "prediction.nii.gz", case_dir / "lesion_mask.nii.gz").as_dict()
+    assert {k: scored[k] for k in direct} == pytest.approx(direct, abs=5e-3)  # the UI shows 3 (Dice) or 2 (ml) decimals
+    assert json.loads((rules_dir(tmp_path, case_id) / "metrics.json").read_text())["dice"] == direct["dice"]
+    checks = {e.check_name: e.passed for e in [*fetched.get_asset_check_evaluations(), *result.get_asset_check_evaluations()]}
     assert checks == {"inputs_on_one_grid": True, "metrics_in_range": True}
 
 
 def test_rerun_on_an_unchanged_shard_skips_the_download(hub, tmp_path, instance):
     case_id = CASE_IDS[2]
     for _ in range(2):
-        assert dg.materialize([CASE_CHAIN[0]], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path)).success
+        assert dg.materialize([case_inputs], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path)).success
     latest, first = materializations(instance, "case_inputs", case_id)[:2]
     assert (meta(first)["skipped_download"], meta(latest)["skipped_download"]) == (False, True)
     assert meta(latest)["bytes_transferred"] == 0
@@ -115,7 +146,7 @@ def test_a_bad_case_in_a_batch_fails_alone_and_is_reported(repo_with_a_bad_case,
     good, bad = [CASE_IDS[0], CASE_IDS[2]], CASE_IDS[1]
     resources = resources_for(repo_with_a_bad_case.url, tmp_path / "data")
     tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
-    result = dg.materialize(CASE_CHAIN, instance=instance, resources=resources, tags=tags, raise_on_error=False)
+    result = dg.materialize([case_inputs], instance=instance, resources=resources, tags=tags, raise_on_error=False)
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert f"case {bad}: adc shape (48, 48, 14) differs from dwi shape (48, 48, 16)" in failure.step_failure_data.error.message
@@ -126,7 +157,7 @@ def test_a_bad_case_in_a_batch_fails_alone_and_is_reported(repo_with_a_bad_case,
     assert not (tmp_path / "data" / "cases" / bad / "dwi.nii.gz").exists()
     # the good cases of the batch go on through the chain in the next run, the bad one does not
     for case_id in good:
-        assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+        assert run_chain(instance, resources, [case_id]).success
     report = dg.materialize([metrics_report], instance=instance, resources=resources)
     report_meta = meta(report.get_asset_materialization_events()[0].event_specific_data.materialization)
     assert (report_meta["scored"], report_meta["failed"], report_meta["never_run"]) == (2, 1, 146)
@@ -134,23 +165,26 @@ def test_a_bad_case_in_a_batch_fails_alone_and_is_reported(repo_with_a_bad_case,
     assert bad in summary and "adc shape (48, 48, 14)" in summary
     csv_ids = [line.split(",")[0] for line in (tmp_path / "data" / "report" / "metrics.csv").read_text().splitlines()[1:]]
     assert csv_ids == good
-    assert (tmp_path / "data" / "report" / "dice_per_case.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "data" / "report" / RULES / "dice_per_case.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_backfill_schedule_batches_missing_cases_and_retries_failed_ones_alone(repo_with_a_bad_case, tmp_path, instance):
     resources = resources_for(repo_with_a_bad_case.url, tmp_path / "data")
     tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
-    dg.materialize(CASE_CHAIN, instance=instance, resources=resources, tags=tags, raise_on_error=False)
-    assert dg.materialize(CASE_CHAIN, partition_key=CASE_IDS[0], instance=instance, resources=resources).success
+    dg.materialize([case_inputs], instance=instance, resources=resources, tags=tags, raise_on_error=False)
+    sync_models(instance, [RULES])
+    assert dg.materialize(MODEL_CHAIN, partition_key=case_model_key(CASE_IDS[0], RULES), instance=instance, resources=resources).success
 
-    plan = plan_backfill(instance, resources["case_store"].store())
+    plan = plan_backfill(instance, resources["case_store"].store(), [RULES])
     assert plan.retries == [CASE_IDS[1]]
-    # case 0 is done; case 2 has inputs but no metrics yet; 3..148 never ran: ranges of 8 consecutive ids
-    assert plan.batches[0] == list(CASE_IDS[2:10])
-    assert sum(map(len, plan.batches)) == 147 and all(len(b) <= 8 for b in plan.batches)
+    # case 0 is done; case 2 has inputs but no rules prediction yet; 3..148 never ran: ranges of 8 consecutive ids
+    assert plan.batches[0] == list(CASE_IDS[3:11])
+    assert sum(map(len, plan.batches)) == 146 and all(len(b) <= 8 for b in plan.batches)
+    assert plan.model_batches == {RULES: [[CASE_IDS[2]]]} and plan.model_retries == {RULES: []}
     tick = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
     context_args = dict(
-        instance=instance, scheduled_execution_time=tick, resources={"case_store": resources["case_store"]}, repository_def=defs.get_repository_def()
+        instance=instance, scheduled_execution_time=tick, resources={k: resources[k] for k in ("case_store", "models")},
+        repository_def=defs.get_repository_def(),
     )
     with dg.build_schedule_context(**context_args) as context:
         requests = case_backfill_schedule.evaluate_tick(context).run_requests
@@ -159,18 +193,24 @@ def test_the_backfill_schedule_batches_missing_cases_and_retries_failed_ones_alo
     assert [r.run_key for r in requests] == [r.run_key for r in again]
     assert len(requests) == len(plan.batches) + 1 == 20
     first = requests[0]
-    assert first.run_key == f"backfill:2026-11-27T02:00:{CASE_IDS[2]}..{CASE_IDS[9]}"
-    assert (first.tags[RANGE_TAGS[0]], first.tags[RANGE_TAGS[1]]) == (CASE_IDS[2], CASE_IDS[9])
+    assert first.run_key == f"backfill:2026-11-27T02:00:{CASE_IDS[3]}..{CASE_IDS[10]}"
+    assert (first.tags[RANGE_TAGS[0]], first.tags[RANGE_TAGS[1]]) == (CASE_IDS[3], CASE_IDS[10])
     retry = requests[-1]
     assert retry.partition_key == CASE_IDS[1] and retry.tags["isles/reason"] == "retry-after-failure"
+    with dg.build_schedule_context(**context_args) as context:
+        models = model_backfill_schedule.evaluate_tick(context).run_requests
+    assert [(r.partition_key, r.job_name) for r in models] == [(case_model_key(CASE_IDS[2], RULES), "model_chain")]
 
 
 def test_the_hub_token_never_reaches_metadata_logs_or_files(hub, tmp_path, instance, monkeypatch):
     secret = "hf_SECRETtoken0123456789"
     monkeypatch.setenv("HF_TOKEN", secret)
-    result = dg.materialize(CASE_CHAIN, partition_key=CASE_IDS[1], instance=instance, resources=resources_for(hub.url, tmp_path))
-    assert result.success
-    logs = instance.all_logs(result.run_id)
+    fetched = dg.materialize([case_inputs], partition_key=CASE_IDS[1], instance=instance, resources=resources_for(hub.url, tmp_path))
+    sync_models(instance, [RULES])
+    result = dg.materialize(MODEL_CHAIN, partition_key=case_model_key(CASE_IDS[1], RULES), instance=instance,
+                            resources=resources_for(hub.url, tmp_path))
+    assert fetched.success and result.success
+    logs = [*instance.all_logs(fetched.run_id), *instance.all_logs(result.run_id)]
     assert secret not in "".join(repr(e) for e in logs)
     assert all(secret.encode() not in p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
     run = instance.get_run_by_id(result.run_id)
@@ -180,16 +220,14 @@ def test_the_hub_token_never_reaches_metadata_logs_or_files(hub, tmp_path, insta
 def test_a_good_batch_records_one_materialisation_per_case_with_its_own_metadata(hub, replica_dir, tmp_path, instance):
     # the filesystem IO manager is what `dagster dev` runs with: a batch must not hand it an output
     resources = {**resources_for(hub.url, tmp_path / "data"), "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "io"))}
-    tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
-    result = dg.materialize([*CASE_CHAIN, *CHECKS], instance=instance, resources=resources, tags=tags)
-    assert result.success
+    assert run_chain(instance, resources, list(CASE_IDS[:3]), checks=True).success
     for case_id in CASE_IDS[:3]:
         inputs = meta(materializations(instance, "case_inputs", case_id)[0])
         cell = pq.read_table(replica_dir / shard_path(case_id), columns=["lesion_mask"]).column(0)[0].as_py()["bytes"]
         assert inputs["sha256_lesion_mask"] == hashlib.sha256(cell).hexdigest()
-        scored = meta(materializations(instance, "case_metrics", case_id)[0])
-        on_disk = json.loads((tmp_path / "data" / "cases" / case_id / "metrics.json").read_text())
-        assert scored["dice"] == on_disk["dice"]
+        scored = meta(materializations(instance, "case_metrics", case_model_key(case_id, RULES))[0])
+        on_disk = json.loads((rules_dir(tmp_path / "data", case_id) / "metrics.json").read_text())
+        assert scored["dice"] == round(on_disk["dice"], 3)
     assert not (tmp_path / "io").exists() or not any((tmp_path / "io").rglob("*"))
 
 

@@ -97,7 +97,7 @@ def test_markdown_lists_counts_worst_failed_and_missing(report: Report):
     assert "## Missing cases (1)\n\n- `case-e`" in text
     assert "- `case-f`: CUDA out of memory \\| retry with a smaller batch" in text
     assert "- `case-g`: NiftiError: not a NIfTI image" in text
-    assert "| dice | 4 | 0.625 | 0.3227 | 0.625 | 0.4375 | 0.8125 | 0.375 | 0.25 | 1 |" in text
+    assert "| dice | 4 | 0.625 | 0.323 | 0.625 | 0.438 | 0.812 | 0.375 | 0.250 | 1.000 |" in text
     worst = text.split("## Worst 4 cases by Dice\n\n")[1]
     assert [line.split(" | ")[0] for line in worst.splitlines()[2:6]] == ["| case-c", "| case-b", "| case-a", "| case-d"]
 

@@ -62,33 +62,60 @@ class CaseFailure:
     transient: bool
 
 
-def describe(case_id: str, exc: BaseException) -> str:
-    """One line naming the case and the cause."""
+def describe(case_id: str, exc: BaseException, model: str | None = None) -> str:
+    """One line naming the case (and the model, for a per-model step) and the cause."""
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if text.startswith(f"case {case_id}: ") else f"case {case_id}: {type(exc).__name__}: {text}"
+    who = f"case {case_id}" if model is None else f"case {case_id}, model {model}"
+    if text.startswith(f"{who}: "):
+        return text
+    if text.startswith(f"case {case_id}: "):
+        return f"{who}: {text[len(f'case {case_id}: '):]}"
+    return f"{who}: {type(exc).__name__}: {text}"
 
 
-def run_cases(context: dg.AssetExecutionContext, store: CaseStore, work: Callable[[str], CaseOutcome]) -> dg.MaterializeResult:
-    """Apply ``work`` to every case of the run and report the results the Dagster way."""
-    step, run_id = context.asset_key.to_user_string(), context.run.run_id
+@dataclass(frozen=True)
+class Subject:
+    """What a partition key stands for: its case, its model (per-model steps) and the step name
+    under which its failure note is kept beside the case's files."""
+
+    case_id: str
+    model: str | None
+    step: str
+
+
+def case_subject(step: str) -> Callable[[str], Subject]:
+    return lambda key: Subject(key, None, step)
+
+
+def run_cases(
+    context: dg.AssetExecutionContext,
+    store: CaseStore,
+    work: Callable[[str], CaseOutcome],
+    subject: Callable[[str], Subject] | None = None,
+) -> dg.MaterializeResult:
+    """Apply ``work`` to every partition key of the run and report the results the Dagster way.
+    ``subject`` says which case (and model) a key is; by default the key is the case id."""
+    run_id = context.run.run_id
+    subject = subject or case_subject(context.asset_key.to_user_string())
     keys = context.partition_keys
     succeeded: dict[str, CaseOutcome] = {}
     failures: dict[str, CaseFailure] = {}
-    for index, case_id in enumerate(keys, start=1):
+    for index, key in enumerate(keys, start=1):
+        about = subject(key)
         if len(keys) > 1:
-            context.log.info(f"case {index} of {len(keys)}: {case_id}")
-        earlier = read_failure(store, case_id, step)
+            context.log.info(f"partition {index} of {len(keys)}: {key}")
+        earlier = read_failure(store, about.case_id, about.step)
         if context.retry_number and earlier and earlier.get("run_id") == run_id and not earlier.get("transient"):
-            failures[case_id] = CaseFailure(earlier["cause"], transient=False)  # bad data stays bad
+            failures[key] = CaseFailure(earlier["cause"], transient=False)  # bad data stays bad
             continue
         try:
-            succeeded[case_id] = work(case_id)
+            succeeded[key] = work(key)
         except Exception as exc:  # one case never stops the others
-            failures[case_id] = CaseFailure(describe(case_id, exc), is_transient(exc))
-            record_failure(store, case_id, step, failures[case_id].cause, run_id, failures[case_id].transient)
-            context.log.error(failures[case_id].cause)
+            failures[key] = CaseFailure(describe(about.case_id, exc, about.model), is_transient(exc))
+            record_failure(store, about.case_id, about.step, failures[key].cause, run_id, failures[key].transient)
+            context.log.error(failures[key].cause)
             continue
-        clear_failure(store, case_id, step)
+        clear_failure(store, about.case_id, about.step)
     if not failures:
         return _materialised(context, keys, succeeded)
     if any(f.transient for f in failures.values()) and context.retry_number < TRANSIENT_RETRIES:

@@ -1,4 +1,5 @@
-"""``case_inputs``: one case's DWI, ADC and lesion mask, fetched from its shard into the store."""
+"""``case_inputs``: one case's images, fetched once from its shard into the store: the columns some
+registered model reads, and the lesion mask (``ModelRegistry.input_columns``)."""
 
 
 import dagster as dg
@@ -6,7 +7,7 @@ import dagster as dg
 from ..inputs import FetchResult, fetch_case
 from .batching import CaseOutcome, run_cases
 from .partitions import case_backfill_policy, case_partitions
-from .resources import CaseStoreResource, ShardSourceResource
+from .resources import CaseStoreResource, ModelRegistryResource, ShardSourceResource
 
 
 def fetch_metadata(result: FetchResult) -> dict:
@@ -41,12 +42,17 @@ def fetch_metadata(result: FetchResult) -> dict:
     "read from its one parquet shard: only the needed columns, over HfFileSystem.",
 )
 def case_inputs(
-    context: dg.AssetExecutionContext, shard_source: ShardSourceResource, case_store: CaseStoreResource
+    context: dg.AssetExecutionContext,
+    shard_source: ShardSourceResource,
+    case_store: CaseStoreResource,
+    models: ModelRegistryResource,
 ) -> dg.MaterializeResult:
     reader, store = shard_source.reader(), case_store.store()
+    columns = models.registry().input_columns()
+    context.log.info(f"columns for the registered models: {', '.join(columns)}")
 
     def fetch(case_id: str) -> CaseOutcome:
-        result = fetch_case(reader, store, case_id)
+        result = fetch_case(reader, store, case_id, columns=columns)
         verb = "unchanged, download skipped" if result.skipped else f"{result.transfer.bytes:,} bytes in {result.transfer.requests} range requests"
         if result.leftovers_removed:
             verb += f"; {result.leftovers_removed} temporary file(s) of crashed writes removed"

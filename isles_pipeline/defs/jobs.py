@@ -1,19 +1,32 @@
-"""Jobs: the case chain over a partition or a range of partitions, and the report."""
+"""Jobs: a case's inputs (per case), a model's predictions and metrics (per (case, model)), the
+report and the leaderboard. Dagster runs one partitions definition per job, so the chain is two
+jobs; ``models_after_inputs`` (defs/models.py) starts the second when the first has fetched."""
 
 import dagster as dg
 
 from .cases import case_inputs
+from .leaderboard import leaderboard
 from .report import metrics_report
 from .scoring import case_metrics
 from .segmentation import case_prediction
 
 CASE_CHAIN = [case_inputs, case_prediction, case_metrics]
+MODEL_CHAIN = [case_prediction, case_metrics]
 
-case_chain_job = dg.define_asset_job(
-    "case_chain",
-    selection=dg.AssetSelection.assets(*CASE_CHAIN),
-    description="Fetch, segment and score the selected cases (a partition or a range of them).",
+case_inputs_job = dg.define_asset_job(
+    "case_inputs_job",
+    selection=dg.AssetSelection.assets(case_inputs),
+    description="Fetch the selected cases' inputs (a partition or a range of them), once for every model.",
 )
+model_chain_job = dg.define_asset_job(
+    "model_chain",
+    selection=dg.AssetSelection.assets(*MODEL_CHAIN),
+    description="Segment and score the selected (case, model) partitions: a range of cases for one model.",
+)
+# The runs that finish a case's chain (what the report sensors watch).
+case_chain_job = model_chain_job
 report_job = dg.define_asset_job(
-    "report_job", selection=dg.AssetSelection.assets(metrics_report), description="Rebuild the report across cases."
+    "report_job",
+    selection=dg.AssetSelection.assets(metrics_report, leaderboard),
+    description="Rebuild the report and the leaderboard across cases and models.",
 )

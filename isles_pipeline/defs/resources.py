@@ -146,3 +146,20 @@ def _parse_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError("expected 1/0, true/false, yes/no or on/off")
+
+
+class ModelRegistryResource(dg.ConfigurableResource):
+    """The registered models (``models.py``): the file ``path`` names, else ``ISLES_MODELS``, else
+    ``./models.yaml``, else the built-in ``rules``. Read when a run or tick uses it, so that an
+    edited registry counts without reloading the code location."""
+
+    path: str | None = None
+
+    @classmethod
+    def from_env(cls) -> ModelRegistryResource:
+        return cls(path=os.environ.get("ISLES_MODELS") or None)
+
+    def registry(self):
+        from ..models import load_registry
+
+        return load_registry(self.path)

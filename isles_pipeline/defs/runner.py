@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from .partitions import range_tags
+from .partitions import case_model_key, range_tags, sync_models
 
 # The demo prints its own progress; Dagster's console logger stays quiet unless something breaks.
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
@@ -33,30 +33,78 @@ def _metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {}
 
 
-def materialise_cases(case_ids: list[str]) -> CaseLine:
-    """Run the case chain for these cases (one run) and say in one line how it went."""
-    job = _definitions().resolve_job_def("case_chain")
+def _run(job_name: str, case_ids: list[str], model: str | None = None) -> dg.ExecuteInProcessResult:
+    job = _definitions().resolve_job_def(job_name)
     instance = dg.DagsterInstance.get()
-    tags = range_tags(case_ids)
     if len(case_ids) == 1:
-        result = job.execute_in_process(run_config=QUIET_LOGS, partition_key=case_ids[0], instance=instance, raise_on_error=False)
-    else:
-        result = job.execute_in_process(run_config=QUIET_LOGS, tags=tags, instance=instance, raise_on_error=False)
-    if not result.success:
-        failure = next((e for e in result.all_events if e.is_step_failure), None)
-        cause = failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "run failed"
-        return CaseLine(f"{', '.join(case_ids)}: FAILED: {cause}", failed=list(case_ids))
-    inputs, prediction, metrics = (_metadata(result, a) for a in ("case_inputs", "case_prediction", "case_metrics"))
-    text = (
-        f"{case_ids[0]}: fetched {inputs.get('bytes_transferred', 0) / 1e6:.1f} MB in {inputs.get('range_requests', 0)} requests, "
-        f"predicted {prediction.get('predicted_ml', 0):.1f} ml (true {metrics.get('gt_ml', 0):.1f} ml) in "
-        f"{prediction.get('seconds', 0):.1f} s on {prediction.get('device', '?')}, dice {metrics.get('dice', float('nan')):.3f}"
-    )
-    return CaseLine(text)
+        key = case_model_key(case_ids[0], model) if model else case_ids[0]
+        return job.execute_in_process(run_config=QUIET_LOGS, partition_key=key, instance=instance, raise_on_error=False)
+    return job.execute_in_process(run_config=QUIET_LOGS, tags=range_tags(case_ids, model), instance=instance, raise_on_error=False)
+
+
+def _cause(result: dg.ExecuteInProcessResult) -> str:
+    failure = next((e for e in result.all_events if e.is_step_failure), None)
+    return failure.step_failure_data.error.message.strip().splitlines()[0] if failure else "run failed"
+
+
+def fetch_cases(case_ids: list[str]) -> list[str]:
+    """Fetch each case (one run each); return those that failed."""
+    return [c for c in case_ids if not _run("case_inputs_job", [c]).success]
+
+
+def train_network(train_ids: list[str], held_out_ids: list[str], settings: dict) -> tuple[str, float]:
+    """Materialise segmenter_checkpoint on fetched cases; return the checkpoint path and the
+    mean held-out Dice."""
+    job = _definitions().resolve_job_def("train_segmenter")
+    config = {"train_case_ids": train_ids, "held_out_case_ids": held_out_ids, "device": "cpu", **settings}
+    run_config = {**QUIET_LOGS, "ops": {"segmenter_checkpoint": {"config": config}}}
+    result = job.execute_in_process(run_config=run_config, instance=dg.DagsterInstance.get(), raise_on_error=True)
+    meta = _metadata(result, "segmenter_checkpoint")
+    return str(meta["checkpoint_path"]), float(meta.get("held_out_dice_mean") or float("nan"))
+
+
+def register_models() -> list[str]:
+    """Add the registry's models to the ``models`` partitions of the instance; return all names."""
+    from ..models import load_registry
+
+    names = load_registry().names
+    sync_models(dg.DagsterInstance.get(), names)
+    return names
+
+
+def materialise_cases(case_ids: list[str], models: list[str] | None = None, fetch: bool = True) -> CaseLine:
+    """Fetch these cases (one run; ``fetch=False``: already fetched), then run each model on them
+    (one run per model), and say in one line how it went."""
+    models = models or register_models()
+    parts = [f"{case_ids[0]}: inputs fetched before"]
+    if fetch:
+        fetched = _run("case_inputs_job", case_ids)
+        if not fetched.success:
+            return CaseLine(f"{', '.join(case_ids)}: FAILED: {_cause(fetched)}", failed=list(case_ids))
+        inputs = _metadata(fetched, "case_inputs")
+        parts = [f"{case_ids[0]}: fetched {inputs.get('bytes_transferred', 0) / 1e6:.1f} MB in {inputs.get('range_requests', 0)} requests"]
+    failed: list[str] = []
+    for model in models:
+        result = _run("model_chain", case_ids, model)
+        if not result.success:
+            parts.append(f"{model} FAILED: {_cause(result)}")
+            failed += [c for c in case_ids if c not in failed]
+            continue
+        prediction, metrics = (_metadata(result, a) for a in ("case_prediction", "case_metrics"))
+        parts.append(
+            f"{model}: {prediction.get('predicted_ml', 0):.2f} ml (true {metrics.get('gt_ml', 0):.2f} ml) in "
+            f"{prediction.get('seconds', 0):.1f} s on {prediction.get('device', '?')}, dice {metrics.get('dice', float('nan')):.3f}"
+        )
+    return CaseLine("; ".join(parts), failed=failed)
 
 
 def materialise_report() -> str:
     """Materialise metrics_report; return its markdown summary."""
+    return materialise_reports()["metrics_report"]
+
+
+def materialise_reports() -> dict[str, str]:
+    """Materialise metrics_report and leaderboard; return their markdown summaries by asset."""
     job = _definitions().resolve_job_def("report_job")
     result = job.execute_in_process(run_config=QUIET_LOGS, instance=dg.DagsterInstance.get(), raise_on_error=True)
-    return str(_metadata(result, "metrics_report").get("summary", ""))
+    return {asset: str(_metadata(result, asset).get("summary", "")) for asset in ("metrics_report", "leaderboard")}

@@ -1,56 +1,82 @@
-"""The nightly backfill: every case whose chain is not complete, in batches of several per run,
-and the report refreshed whenever a batch ends.
+"""The nightly backfill: every case whose inputs are missing, and every (case, model) of a
+registered model whose chain is not complete, in batches of several cases per run; the report
+refreshed whenever a batch ends.
 
-Batches are contiguous partition ranges (a run carries a range of keys), so the cases still to
-do are cut into runs of consecutive ids. A case whose last attempt failed runs alone: if its
-data is bad it fails again, but it cannot keep its neighbours waiting a second night.
+Batches are contiguous partition ranges (a run carries a range of keys), so the work still to do
+is cut into runs of consecutive ids: ``case_inputs_job`` runs over cases, ``model_chain`` runs over
+the cases of one model. A case that still needs its inputs gets its models' runs from the
+``models_after_inputs`` sensor when the fetch succeeds. A case (or a case for a model) whose last
+attempt failed runs alone: if its data is bad it fails again, but it cannot keep its neighbours
+waiting a second night.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import dagster as dg
 
 from ..catalogue import CASE_IDS
-from ..failures import read_failures
+from ..failures import read_failure
+from ..models import slug_of
 from ..store import CaseStore
-from .jobs import case_chain_job, report_job
-from .partitions import CASE_CHAIN_KEYS, CASES_PER_RUN, automation_on, chain_statuses, range_tags
-from .resources import CaseStoreResource
+from .jobs import case_chain_job, case_inputs_job, model_chain_job, report_job
+from .partitions import (
+    CASES_PER_RUN,
+    MODEL_CHAIN_KEYS,
+    automation_on,
+    case_model_key,
+    chain_statuses,
+    range_tags,
+    sync_models,
+)
+from .resources import CaseStoreResource, ModelRegistryResource
 
 BACKFILL_CRON = os.environ.get("ISLES_BACKFILL_CRON", "0 2 * * *")
+IN_PROGRESS, FAILED, MATERIALIZED = (dg.AssetPartitionStatus.IN_PROGRESS, dg.AssetPartitionStatus.FAILED,
+                                     dg.AssetPartitionStatus.MATERIALIZED)
 
 
 @dataclass(frozen=True)
 class BackfillPlan:
-    batches: list[list[str]]  # contiguous cases never attempted or not yet through the chain
-    retries: list[str]  # cases whose last attempt failed: one run each
+    batches: list[list[str]]  # contiguous cases whose inputs were never fetched (or missed their turn)
+    retries: list[str]  # cases whose fetch failed last time: one run each
     running: list[str]
+    model_batches: dict[str, list[list[str]]] = field(default_factory=dict)  # model -> contiguous cases
+    model_retries: dict[str, list[str]] = field(default_factory=dict)  # model -> cases that failed: alone
 
     @property
     def cases(self) -> int:
         return sum(map(len, self.batches)) + len(self.retries)
 
+    @property
+    def model_partitions(self) -> int:
+        return sum(len(c) for b in self.model_batches.values() for c in b) + sum(map(len, self.model_retries.values()))
 
-def plan_backfill(instance: dg.DagsterInstance, store: CaseStore, batch_size: int = CASES_PER_RUN) -> BackfillPlan:
-    """Which cases to request, from the partition statuses of the chain's assets.
 
-    A failed partition whose case has a failure note failed in its own work and runs alone; one
-    without a note only missed its turn because a batch-mate failed, and is batched again.
+def plan_backfill(instance: dg.DagsterInstance, store: CaseStore, models: list[str], batch_size: int = CASES_PER_RUN) -> BackfillPlan:
+    """What to request, from the partition statuses of ``case_inputs`` and of each model's chain.
+
+    A failed partition with a failure note failed in its own work and runs alone; one without a
+    note only missed its turn because a batch-mate failed, and is batched again.
     """
-    statuses = chain_statuses(instance)
-    done, failed, running = set(), set(), set()
-    for case_id in CASE_IDS:
-        seen = [statuses[a].get(case_id) for a in CASE_CHAIN_KEYS]
-        if dg.AssetPartitionStatus.IN_PROGRESS in seen:
-            running.add(case_id)
-        elif dg.AssetPartitionStatus.FAILED in seen:
-            failed.add(case_id)
-        elif seen[-1] == dg.AssetPartitionStatus.MATERIALIZED:
-            done.add(case_id)
-    failed &= set(read_failures(store, sorted(failed)))
-    todo = [c for c in CASE_IDS if c not in done | failed | running]
-    return BackfillPlan(_contiguous_batches(todo, batch_size), [c for c in CASE_IDS if c in failed], sorted(running))
+    statuses = chain_statuses(instance, models)
+    inputs = statuses["case_inputs"]
+    running = {c for c in CASE_IDS if inputs.get(c) == IN_PROGRESS}
+    failed = {c for c in CASE_IDS if inputs.get(c) == FAILED and read_failure(store, c, "case_inputs")}
+    todo = [c for c in CASE_IDS if inputs.get(c) != MATERIALIZED and c not in running | failed]
+    model_batches, model_retries = {}, {}
+    for model in models:
+        fetched = [c for c in CASE_IDS if inputs.get(c) == MATERIALIZED]
+        seen = {c: [statuses[a].get((c, model)) for a in MODEL_CHAIN_KEYS] for c in fetched}
+        alone = [c for c in fetched if FAILED in seen[c] and _noted(store, c, model)]
+        pending = [c for c in fetched if c not in alone and IN_PROGRESS not in seen[c] and seen[c][-1] != MATERIALIZED]
+        model_batches[model], model_retries[model] = _contiguous_batches(pending, batch_size), alone
+    return BackfillPlan(_contiguous_batches(todo, batch_size), sorted(failed, key=CASE_IDS.index), sorted(running),
+                        model_batches, model_retries)
+
+
+def _noted(store: CaseStore, case_id: str, model: str) -> bool:
+    return any(read_failure(store, case_id, f"{a}.{slug_of(model)}") for a in MODEL_CHAIN_KEYS)
 
 
 def _contiguous_batches(case_ids: list[str], batch_size: int) -> list[list[str]]:
@@ -65,30 +91,72 @@ def _contiguous_batches(case_ids: list[str], batch_size: int) -> list[list[str]]
     return batches
 
 
-def run_request(cases: list[str], tick: str, reason: str) -> dg.RunRequest:
-    """One run over a contiguous range of cases; the run key makes a repeated tick harmless."""
-    run_key = f"backfill:{tick}:{cases[0]}..{cases[-1]}"
-    tags = {"isles/backfill": tick, "isles/reason": reason}
+def run_request(cases: list[str], tick: str, reason: str, model: str | None = None) -> dg.RunRequest:
+    """One run over a contiguous range of cases (for one model, if given); the run key makes a
+    repeated tick harmless."""
+    run_key = f"backfill:{tick}:{cases[0]}..{cases[-1]}" + (f":{model}" if model else "")
+    tags = {"isles/backfill": tick, "isles/reason": reason, **({"isles/model": model} if model else {})}
+    job = (model_chain_job if model else case_inputs_job).name
     if len(cases) == 1:
-        return dg.RunRequest(run_key=run_key, partition_key=cases[0], tags=tags)
-    return dg.RunRequest(run_key=run_key, tags={**tags, **range_tags(cases)})
+        key = case_model_key(cases[0], model) if model else cases[0]
+        return dg.RunRequest(run_key=run_key, partition_key=key, tags=tags, job_name=job)
+    return dg.RunRequest(run_key=run_key, tags={**tags, **range_tags(cases, model)}, job_name=job)
+
+
+def input_requests(plan: BackfillPlan, tick: str) -> list[dg.RunRequest]:
+    requests = [run_request(batch, tick, "missing") for batch in plan.batches]
+    return requests + [run_request([case_id], tick, "retry-after-failure") for case_id in plan.retries]
+
+
+def model_requests(plan: BackfillPlan, tick: str) -> list[dg.RunRequest]:
+    requests = []
+    for model, batches in plan.model_batches.items():
+        requests += [run_request(batch, tick, "missing", model) for batch in batches]
+        requests += [run_request([case_id], tick, "retry-after-failure", model) for case_id in plan.model_retries.get(model, [])]
+    return requests
+
+
+def _plan_tick(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
+    names = models.registry().names
+    sync_models(context.instance, names)
+    tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M") if context.scheduled_execution_time else "manual"
+    return plan_backfill(context.instance, case_store.store(), names), tick
+
+
+AUTOMATION = dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED
+
+
+# Two schedules on one cron, because a Dagster job (and so a schedule's runs) has one partitions
+# definition: cases for the fetch, (case, model) for the models.
+@dg.schedule(
+    cron_schedule=BACKFILL_CRON,
+    job=case_inputs_job,
+    default_status=AUTOMATION,
+    description="Nightly: fetch every case not fetched yet, several per run (models_after_inputs then runs the "
+    "registered models on them); cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
+)
+def case_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
+    plan, tick = _plan_tick(context, case_store, models)
+    if not plan.cases:
+        return dg.SkipReason(f"all {len(CASE_IDS) - len(plan.running)} cases are fetched; {len(plan.running)} running")
+    requests = input_requests(plan, tick)
+    context.log.info(f"{plan.cases} cases to fetch in {len(requests)} runs ({len(plan.retries)} retried alone)")
+    return requests
 
 
 @dg.schedule(
     cron_schedule=BACKFILL_CRON,
-    job=case_chain_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED,
-    description="Nightly: fetch, segment and score every case that is not done yet, several per run; "
-    "cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
+    job=model_chain_job,
+    default_status=AUTOMATION,
+    description="Nightly: segment and score every fetched case with every registered model that has not, several "
+    "cases of one model per run; a (case, model) that failed last time runs alone. Same cron as case_backfill_schedule.",
 )
-def case_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource):
-    plan = plan_backfill(context.instance, case_store.store())
-    if not plan.cases:
-        return dg.SkipReason(f"all {len(CASE_IDS) - len(plan.running)} cases are through the chain; {len(plan.running)} running")
-    tick = context.scheduled_execution_time.strftime("%Y-%m-%dT%H:%M") if context.scheduled_execution_time else "manual"
-    requests = [run_request(batch, tick, "missing") for batch in plan.batches]
-    requests += [run_request([case_id], tick, "retry-after-failure") for case_id in plan.retries]
-    context.log.info(f"{plan.cases} cases in {len(requests)} runs ({len(plan.retries)} retried alone)")
+def model_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
+    plan, tick = _plan_tick(context, case_store, models)
+    if not plan.model_partitions:
+        return dg.SkipReason("every fetched case is through the chain for every registered model")
+    requests = model_requests(plan, tick)
+    context.log.info(f"{plan.model_partitions} (case, model) partitions in {len(requests)} runs")
     return requests
 
 

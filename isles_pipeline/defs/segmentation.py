@@ -1,7 +1,7 @@
-"""``case_prediction``: the segmenter's lesion mask for a case, on the input grid.
+"""``case_prediction``: a model's lesion mask for a case, on the input grid, per (case, model).
 
-It runs in the ``gpu`` pool (limited to one at a time by the instance config), and the
-segmenter resource builds the model once per run, however many cases the run carries.
+It runs in the ``gpu`` pool (limited to one at a time by the instance config). A run builds each
+model it carries once, however many cases; the ``segmenter`` resource gives the device.
 """
 
 import json
@@ -10,46 +10,64 @@ import dagster as dg
 
 from .. import nifti
 from ..inputs import read_case_images
+from ..models import result_path
 from ..predict import INFERRED_KEYS, predict_images
-from ..segment.channels import input_columns_for
-from .batching import CaseOutcome, run_cases
+from .batching import CaseOutcome, Subject, run_cases
 from .cases import case_inputs
-from .partitions import case_backfill_policy, case_partitions
-from .resources import CaseStoreResource, SegmenterResource
+from .partitions import case_backfill_policy, case_model_partitions, inputs_of_case, split_key
+from .resources import CaseStoreResource, ModelRegistryResource, SegmenterResource
+from .training import segmenter_checkpoint
 
 PREDICTION_FILE = "prediction.nii.gz"
 # How the prediction was made, beside it: the metrics record and the report carry it on.
 PREDICTION_INFO_FILE = "prediction.json"
 
 
+def model_subject(step: str):
+    def subject(key: str) -> Subject:
+        case_id, model = split_key(key)
+        return Subject(case_id, model, f"{step}.{model.replace(':', '_')}")
+
+    return subject
+
+
 @dg.asset(
-    partitions_def=case_partitions,
+    partitions_def=case_model_partitions,
     backfill_policy=case_backfill_policy,
-    deps=[case_inputs],
+    # segmenter_checkpoint: lineage to the trained model that network models may run
+    deps=[dg.AssetDep(case_inputs, partition_mapping=inputs_of_case), segmenter_checkpoint],
     pool="gpu",
     group_name="cases",
     kinds={"pytorch", "nifti"},
-    description="The predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header).",
+    description="The model's predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header), "
+    "per (case, model); models come from the registry (models.yaml).",
 )
 def case_prediction(
-    context: dg.AssetExecutionContext, case_store: CaseStoreResource, segmenter: SegmenterResource
+    context: dg.AssetExecutionContext, case_store: CaseStoreResource, segmenter: SegmenterResource, models: ModelRegistryResource
 ) -> dg.MaterializeResult:
-    store, model = case_store.store(), segmenter.get()
+    store, registry, built = case_store.store(), models.registry(), {}
 
-    def segment(case_id: str) -> CaseOutcome:
-        result = predict_images(model, read_case_images(store, case_id, input_columns_for(segmenter.name, segmenter.checkpoint)))
-        target = store.case_path(case_id, PREDICTION_FILE)
+    def segment(key: str) -> CaseOutcome:
+        case_id, name = split_key(key)
+        spec = registry.get(name)
+        if name not in built:
+            built[name] = spec.make(device=segmenter.device)
+        model = built[name]
+        result = predict_images(model, read_case_images(store, case_id, spec.input_columns()))
+        target = result_path(store, case_id, name, PREDICTION_FILE)
         sha = store.write_bytes(target, nifti.encode(result.mask))
-        info = {"segmenter": model.name, **result.record()}
-        store.write_text(store.case_path(case_id, PREDICTION_INFO_FILE), json.dumps(info, indent=2))
-        context.log.info(f"case {case_id}: {result.predicted_ml:.2f} ml predicted in {result.seconds:.2f} s on {result.device}")
+        info = {"model": name, "fingerprint": spec.fingerprint, "segmenter": model.name, **result.record()}
+        store.write_text(result_path(store, case_id, name, PREDICTION_INFO_FILE), json.dumps(info, indent=2))
+        context.log.info(f"case {case_id}, model {name}: {result.predicted_ml:.2f} ml predicted in {result.seconds:.2f} s on {result.device}")
         return CaseOutcome(
             metadata={
+                "model": name,
+                "fingerprint": spec.fingerprint,
                 "segmenter": model.name,
                 "device": result.device,
                 "requested_device": result.requested_device,
                 "fallbacks": dg.MetadataValue.text("; ".join(result.fallbacks) or "none"),
-                **{key: value for key, value in result.record().items() if key in INFERRED_KEYS},
+                **{field: value for field, value in result.record().items() if field in INFERRED_KEYS},
                 "seconds": dg.MetadataValue.float(round(result.seconds, 4)),
                 "predicted_ml": dg.MetadataValue.float(round(result.predicted_ml, 4)),
                 "path": dg.MetadataValue.path(str(target)),
@@ -57,4 +75,4 @@ def case_prediction(
             }
         )
 
-    return run_cases(context, store, segment)
+    return run_cases(context, store, segment, model_subject("case_prediction"))

@@ -1,0 +1,146 @@
+"""Several models side by side on a real instance against the local Hub: the case x model
+partitions, one fetch per case, the leaderboard's numbers, and a model added later computing only
+its own partitions."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
+from isles_pipeline.definitions import defs
+from isles_pipeline.defs.cases import case_inputs
+from isles_pipeline.defs.jobs import MODEL_CHAIN
+from isles_pipeline.defs.leaderboard import leaderboard
+from isles_pipeline.defs.partitions import case_model_key, range_tags, sync_models
+from isles_pipeline.defs.report import metrics_report
+from isles_pipeline.defs.resources import (
+    CaseStoreResource,
+    ModelRegistryResource,
+    SegmenterResource,
+    ShardSourceResource,
+)
+from isles_pipeline.defs.schedules import model_backfill_schedule, plan_backfill
+from isles_pipeline.leaderboard import RANKED_METRICS
+from isles_pipeline.models import ModelSpec, write_registry
+
+CASES = list(CASE_IDS[:3])
+RULES = ModelSpec("rules")
+LOOSE = ModelSpec("rules:loose", options={"dwi_factor": 1.15, "adc_high": 0.8})
+STRICT = ModelSpec("rules:strict", options={"dwi_factor": 2.0, "adc_high": 0.5})
+
+
+def resources_for(url: str, data_dir, registry) -> dict:
+    return {
+        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
+        "case_store": CaseStoreResource(data_dir=str(data_dir)),
+        "segmenter": SegmenterResource(device="cpu"),
+        "models": ModelRegistryResource(path=str(registry)),
+    }
+
+
+def count(instance: dg.DagsterInstance, asset: str, partition: str) -> int:
+    records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]), limit=100)
+    return len(records.records)
+
+
+def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    event = next(e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset)
+    return {k: getattr(v, "value", v) for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def run_models(instance, resources, names: list[str]) -> None:
+    sync_models(instance, names)
+    for name in names:
+        assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, tags=range_tags(CASES, name)).success, name
+
+
+@pytest.fixture()
+def two_models(hub, tmp_path):
+    registry = write_registry(tmp_path / "models.yaml", [RULES, LOOSE])
+    resources = resources_for(hub.url, tmp_path / "data", registry)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([case_inputs], instance=instance, resources=resources, tags=range_tags(CASES)).success
+        run_models(instance, resources, [RULES.name, LOOSE.name])
+        yield instance, resources, tmp_path
+
+
+def test_definitions_grid_is_case_by_model():
+    prediction = defs.resolve_assets_def("case_prediction")
+    dimensions = {d.name: d.partitions_def for d in prediction.partitions_def.partitions_defs}
+    assert set(dimensions) == {"case", "model"}
+    assert dimensions["case"].get_partition_keys() == list(CASE_IDS)
+    assert isinstance(dimensions["model"], dg.DynamicPartitionsDefinition) and dimensions["model"].name == "models"
+    assert defs.resolve_assets_def("case_inputs").partitions_def.get_partition_keys() == list(CASE_IDS)
+    upstream = {k.to_user_string() for k in defs.resolve_assets_def("case_prediction").dependency_keys}
+    assert upstream == {"case_inputs", "segmenter_checkpoint"}
+
+
+def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_means(two_models):
+    instance, resources, tmp_path = two_models
+    data = tmp_path / "data"
+    for case_id in CASES:
+        assert count(instance, "case_inputs", case_id) == 1
+        for model in (RULES, LOOSE):
+            assert count(instance, "case_metrics", case_model_key(case_id, model.name)) == 1
+            record = json.loads((data / "cases" / case_id / "models" / model.slug / "metrics.json").read_text())
+            assert (record["model"], record["fingerprint"]) == (model.name, model.fingerprint)
+    # the UI shows Dice to 3 decimals and volumes to 2; metrics.json keeps every digit
+    for case_id in CASES:
+        key = case_model_key(case_id, LOOSE.name)
+        shown = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=dg.AssetKey("case_metrics"), asset_partitions=[key]),
+                                                limit=1).records[0].asset_materialization.metadata
+        record = json.loads((data / "cases" / case_id / "models" / LOOSE.slug / "metrics.json").read_text())
+        assert shown["dice"].value == round(record["dice"], 3) and shown["pred_ml"].value == round(record["pred_ml"], 2)
+        assert "data:image/png;base64," in shown["overlay"].value
+        assert (data / "cases" / case_id / "models" / LOOSE.slug / "overlay.png").read_bytes()[:4] == b"\x89PNG"
+    full = [json.loads((data / "cases" / c / "models" / LOOSE.slug / "metrics.json").read_text())["pred_ml"] for c in CASES]
+    assert any(v != round(v, 2) for v in full)
+    manifest = json.loads((data / "cases" / CASES[0] / "source.json").read_text())
+    assert set(manifest["files"]) == {"dwi", "adc", "lesion_mask"}
+
+    result = dg.materialize([leaderboard], instance=instance, resources=resources)
+    meta = metadata_of(result, "leaderboard")
+    table = pd.read_parquet(data / "leaderboard" / "leaderboard.parquet").set_index("model")
+    assert sorted(table.index) == sorted([RULES.name, LOOSE.name]) and meta["complete_cases"] == 3
+    for model in (RULES, LOOSE):
+        records = [json.loads((data / "cases" / c / "models" / model.slug / "metrics.json").read_text()) for c in CASES]
+        assert table.loc[model.name, "n"] == 3 and table.loc[model.name, "failed"] == 0
+        for metric in RANKED_METRICS:
+            values = np.array([r[metric] for r in records], dtype=float)
+            assert table.loc[model.name, f"{metric}_mean"] == pytest.approx(values.mean(), rel=1e-12, abs=1e-15)
+            assert table.loc[model.name, f"{metric}_median"] == pytest.approx(np.median(values), rel=1e-12, abs=1e-15)
+    paired = pd.read_parquet(data / "leaderboard" / "paired.parquet")
+    assert len(paired) == len(RANKED_METRICS) and set(paired.n) == {3}
+    assert (data / "leaderboard" / "dice_by_model.png").read_bytes()[:4] == b"\x89PNG"
+    assert "![Dice by model](data:image/png;base64," in meta["summary"]
+    report = metadata_of(dg.materialize([metrics_report], instance=instance, resources=resources), "metrics_report")
+    assert (report["models"], report["scored"], report["failed"]) == (2, 6, 0)
+    assert "# Model `rules:loose`" in report["summary"] and "overlay.png" in report["summary"]
+
+
+def test_a_third_model_materialises_only_its_partitions(two_models):
+    instance, resources, tmp_path = two_models
+    store = resources["case_store"].store()
+    assert plan_backfill(instance, store, [RULES.name, LOOSE.name]).model_partitions == 0
+    registry = write_registry(tmp_path / "models.yaml", [RULES, LOOSE, STRICT])
+    resources = {**resources, "models": ModelRegistryResource(path=str(registry))}
+    tick = datetime(2026, 12, 3, 2, 0, tzinfo=timezone.utc)
+    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, resources={k: resources[k] for k in ("case_store", "models")},
+                                   repository_def=defs.get_repository_def()) as context:
+        requests = model_backfill_schedule.evaluate_tick(context).run_requests
+    assert [(r.tags["isles/model"], r.tags[range_key]) for r in requests for range_key in ["dagster/asset_partition_range_start"]] == [
+        (STRICT.name, case_model_key(CASES[0], STRICT.name))
+    ]
+    assert requests[0].tags["dagster/asset_partition_range_end"] == case_model_key(CASES[-1], STRICT.name)
+    assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, tags=requests[0].tags).success
+    for asset in ("case_prediction", "case_metrics"):
+        counts = {(c, m.name): count(instance, asset, case_model_key(c, m.name)) for c in CASES for m in (RULES, LOOSE, STRICT)}
+        assert set(counts.values()) == {1}, counts
+    assert all(count(instance, "case_inputs", c) == 1 for c in CASES)
+    assert plan_backfill(instance, store, [RULES.name, LOOSE.name, STRICT.name]).model_partitions == 0
