@@ -18,7 +18,12 @@ from .jobs import case_chain_job, report_job
 from .partitions import CASE_CHAIN_KEYS, CASES_PER_RUN, automation_on, chain_statuses, range_tags
 from .resources import CaseStoreResource
 
-BACKFILL_CRON = os.environ.get("ISLES_BACKFILL_CRON", "0 2 * * *")
+DEFAULT_BACKFILL_CRON = "0 2 * * *"
+
+
+def backfill_cron() -> str:
+    """``ISLES_BACKFILL_CRON`` when the definitions are built (default 02:00)."""
+    return os.environ.get("ISLES_BACKFILL_CRON", "").strip() or DEFAULT_BACKFILL_CRON
 
 
 @dataclass(frozen=True)
@@ -74,14 +79,7 @@ def run_request(cases: list[str], tick: str, reason: str) -> dg.RunRequest:
     return dg.RunRequest(run_key=run_key, tags={**tags, **range_tags(cases)})
 
 
-@dg.schedule(
-    cron_schedule=BACKFILL_CRON,
-    job=case_chain_job,
-    default_status=dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED,
-    description="Nightly: fetch, segment and score every case that is not done yet, several per run; "
-    "cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
-)
-def case_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource):
+def _backfill_tick(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource):
     plan = plan_backfill(context.instance, case_store.store())
     if not plan.cases:
         return dg.SkipReason(f"all {len(CASE_IDS) - len(plan.running)} cases are through the chain; {len(plan.running)} running")
@@ -90,6 +88,22 @@ def case_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: Ca
     requests += [run_request([case_id], tick, "retry-after-failure") for case_id in plan.retries]
     context.log.info(f"{plan.cases} cases in {len(requests)} runs ({len(plan.retries)} retried alone)")
     return requests
+
+
+def build_case_backfill_schedule() -> dg.ScheduleDefinition:
+    """The nightly schedule, its cron and its default status read from the environment when the
+    definitions are built (each load of the code location), not when this module is imported."""
+    return dg.schedule(
+        name="case_backfill_schedule",
+        cron_schedule=backfill_cron(),
+        job=case_chain_job,
+        default_status=dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED,
+        description="Nightly: fetch, segment and score every case that is not done yet, several per run; "
+        "cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
+    )(_backfill_tick)
+
+
+case_backfill_schedule = build_case_backfill_schedule()
 
 
 def _refresh_report(context: dg.RunStatusSensorContext) -> dg.RunRequest:

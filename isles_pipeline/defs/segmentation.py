@@ -13,6 +13,7 @@ from ..inputs import read_case_images
 from ..predict import predict
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
+from .deployment import case_prediction_op_tags
 from .partitions import case_backfill_policy, case_partitions
 from .resources import CaseStoreResource, SegmenterResource
 
@@ -26,6 +27,7 @@ PREDICTION_INFO_FILE = "prediction.json"
     backfill_policy=case_backfill_policy,
     deps=[case_inputs],
     pool="gpu",
+    op_tags=case_prediction_op_tags(),
     group_name="cases",
     kinds={"pytorch", "nifti"},
     description="The predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header).",
