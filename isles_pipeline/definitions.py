@@ -7,7 +7,12 @@ from .defs.deployment import case_chain_executor
 from .defs.jobs import CASE_CHAIN, case_chain_job, report_job
 from .defs.report import metrics_report
 from .defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource, env_or_default
-from .defs.schedules import build_case_backfill_schedule, report_after_failure, report_after_success
+from .defs.schedules import (
+    build_case_backfill_schedule,
+    report_after_backfill,
+    report_after_failure,
+    report_after_success,
+)
 from .defs.scoring import inputs_on_one_grid, metrics_in_range
 from .defs.training import segmenter_checkpoint, train_segmenter_job
 from .defs.upstream import (
@@ -35,7 +40,7 @@ def build_defs() -> dg.Definitions:
         asset_checks=[inputs_on_one_grid, metrics_in_range],
         jobs=[case_chain_job, report_job, train_segmenter_job, *UPSTREAM_JOBS],
         schedules=[build_case_backfill_schedule()],
-        sensors=[*UPSTREAM_SENSORS, report_after_success, report_after_failure],
+        sensors=[*UPSTREAM_SENSORS, report_after_success, report_after_failure, report_after_backfill],
         executor=case_chain_executor(),
         resources={
             **UPSTREAM_RESOURCES,

@@ -112,7 +112,7 @@ def test_the_ui_shows_the_schedule_sensors_probe_and_gpu_pool(outcome):
     schedules = {s["name"]: (s["cronSchedule"], s["scheduleState"]["status"]) for s in repository["schedules"]}
     assert schedules == {"case_backfill_schedule": ("0 2 * * *", "STOPPED")}
     sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
-    assert sensors == {"arrow_issue_sensor": "STOPPED", "report_after_success": "RUNNING", "report_after_failure": "RUNNING"}
+    assert sensors == {"arrow_issue_sensor": "STOPPED", "report_after_success": "RUNNING", "report_after_failure": "RUNNING", "report_after_backfill": "RUNNING"}
     nodes = {"/".join(n["assetKey"]["path"]): n for n in outcome.automation["assetNodes"]}
     assert nodes["case_prediction"]["pools"] == ["gpu"]
     assert nodes["pyarrow_hang_probe"]["groupName"] == "upstream"

@@ -6,10 +6,14 @@ do are cut into runs of consecutive ids. A case whose last attempt failed runs a
 data is bad it fails again, but it cannot keep its neighbours waiting a second night.
 """
 
+import json
 import os
 from dataclasses import dataclass
 
 import dagster as dg
+
+# Not re-exported by dagster; what the webserver's backfill list reads.
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from ..catalogue import CASE_IDS
 from ..failures import read_failures
@@ -106,8 +110,52 @@ def build_case_backfill_schedule() -> dg.ScheduleDefinition:
 case_backfill_schedule = build_case_backfill_schedule()
 
 
-def _refresh_report(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+BACKFILL_TAG = "dagster/backfill"
+FINISHED_BACKFILLS = [
+    BulkActionStatus.COMPLETED_SUCCESS,
+    BulkActionStatus.COMPLETED_FAILED,
+    BulkActionStatus.COMPLETED,
+    BulkActionStatus.FAILED,
+    BulkActionStatus.CANCELED,
+]
+REMEMBERED_BACKFILLS = 50
+
+
+def _refresh_report(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    backfill_id = context.dagster_run.tags.get(BACKFILL_TAG)
+    if backfill_id:
+        # A report per batch would take a run slot from the next batch: report_after_backfill
+        # refreshes it once, when the whole backfill has finished.
+        return dg.SkipReason(f"run of backfill {backfill_id}: the report waits for the backfill to finish")
     return dg.RunRequest(run_key=f"report-after-{context.dagster_run.run_id}")
+
+
+def _touches_the_chain(backfill) -> bool:
+    keys = {key.to_user_string() for key in backfill.asset_selection or []}
+    return bool(keys & set(CASE_CHAIN_KEYS)) or backfill.job_name == case_chain_job.name
+
+
+@dg.sensor(
+    job=report_job,
+    name="report_after_backfill",
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Refresh metrics_report once when a backfill of the case chain has finished "
+    "(its runs do not refresh it one by one).",
+)
+def report_after_backfill(context: dg.SensorEvaluationContext):
+    handled = json.loads(context.cursor) if context.cursor else []
+    finished = context.instance.get_backfills(
+        filters=BulkActionsFilter(statuses=FINISHED_BACKFILLS), limit=REMEMBERED_BACKFILLS
+    )
+    new = [b for b in finished if b.backfill_id not in handled and _touches_the_chain(b)]
+    if not new:
+        return dg.SkipReason("no backfill of the case chain finished since the last report")
+    handled = ([b.backfill_id for b in new] + handled)[:REMEMBERED_BACKFILLS]
+    newest = max(new, key=lambda b: b.backfill_timestamp)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"report-after-backfill-{newest.backfill_id}")], cursor=json.dumps(handled)
+    )
 
 
 @dg.run_status_sensor(
