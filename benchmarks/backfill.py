@@ -79,7 +79,11 @@ def time_backfill(work: Path, replica: Path, n: int, executor: str) -> dict:
             time.sleep(0.5)
         runs = client.execute(BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
     run_seconds = sum(r["endTime"] - r["startTime"] for r in runs if r["endTime"] and r["startTime"])
+    timed = [r for r in runs if r["endTime"] and r["startTime"]]
     return {
+        # launch -> first run's process started; last run ended -> the backfill seen complete
+        "to_first_run_s": min(r["startTime"] for r in timed) - launched_at if timed else float("nan"),
+        "after_last_run_s": chain_done - max(r["endTime"] for r in timed) if timed else float("nan"),
         "startup_s": startup,
         "chain_s": chain_done - launched_at,
         "total_s": (report_end or float("nan")) - launched_at,
