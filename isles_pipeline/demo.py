@@ -16,18 +16,19 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
-from importlib import resources
 from pathlib import Path
 
 from .catalogue import CASE_IDS, DEFAULT_REPO_ID
+from .deployment import instance_config
 
 
-def prepare_dagster_home(home: Path) -> Path:
-    """A DAGSTER_HOME holding the project's instance config (GPU pool of 1, modest run concurrency)."""
+def prepare_dagster_home(home: Path, deployment: str = "local") -> Path:
+    """A DAGSTER_HOME holding ``deploy/<deployment>/dagster.yaml`` (local: SQLite, GPU pool of 1,
+    modest run concurrency; cluster: the same limits on PostgreSQL from DAGSTER_PG_*)."""
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text(resources.files("isles_pipeline").joinpath("dagster.yaml").read_text())
+        config.write_text(instance_config(deployment).read_text())
     return home
 
 

@@ -27,13 +27,15 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from isles_pipeline.catalogue import DEFAULT_REPO_ID
 from isles_pipeline.demo import prepare_dagster_home
+from isles_pipeline.deployment import postgres_configured
+from isles_pipeline_tests.postgres import fresh_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ASSETS = ("case_inputs", "case_prediction", "case_metrics")
@@ -486,26 +488,52 @@ def dagster_dev_stack(
     repo_root: Path = REPO_ROOT,
     startup_timeout_s: float = 180.0,
     stop_grace_s: float = 30.0,
+    deployment: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[DagsterDevStack]:
     """Serve ``replica_dir`` on a local Hub and run ``dagster dev`` against it; files go to ``work_dir``.
 
     ``repo_root`` is where ``workspace.yaml`` is (and where the code location is imported from);
     ``models_file`` is the model registry (ISLES_MODELS; default: the built-in ``rules``).
 
+    The instance is ``deploy/<deployment>/dagster.yaml``: by default ``cluster`` (PostgreSQL, a
+    fresh database on the server DAGSTER_PG_* name) where those are set, else ``local`` (SQLite).
+
     Everything is stopped on exit, also when the body raises; a process of the group that
     survives the stop is an error (the test would otherwise leak it).
     """
+    deployment = deployment or ("cluster" if postgres_configured() else "local")
+    with ExitStack() as stack:
+        instance_env = {"DAGSTER_PG_DB": stack.enter_context(fresh_database())} if deployment == "cluster" else {}
+        instance_env.update(extra_env or {})
+        yield stack.enter_context(
+            _dagster_dev_stack(work_dir, replica_dir, segmenter, models_file, repo_root, startup_timeout_s, stop_grace_s, deployment, instance_env)
+        )
+
+
+@contextmanager
+def _dagster_dev_stack(
+    work_dir: Path,
+    replica_dir: Path,
+    segmenter: str | None,
+    models_file: Path | None,
+    repo_root: Path,
+    startup_timeout_s: float,
+    stop_grace_s: float,
+    deployment: str,
+    instance_env: dict[str, str],
+) -> Iterator[DagsterDevStack]:
     from isles_pipeline.hub.server import HubServer
 
     work_dir.mkdir(parents=True, exist_ok=True)
-    dagster_home = prepare_dagster_home(work_dir / "dagster_home")
+    dagster_home = prepare_dagster_home(work_dir / "dagster_home", deployment)
     hide_first_visit_modal(dagster_home)
     data_dir = work_dir / "data"
     log_path = work_dir / "dagster_dev.log"
     hub = HubServer(host="127.0.0.1", port=0)
     hub.add_repo("dataset", DEFAULT_REPO_ID, replica_dir)
     with hub:
-        env = stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter, models_file)
+        env = {**stack_env(work_dir, hub.url, data_dir, dagster_home, segmenter, models_file), **instance_env}
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         process = start_dagster_dev(port, env, log_path, repo_root)

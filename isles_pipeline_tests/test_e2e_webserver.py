@@ -128,7 +128,8 @@ def test_the_ui_shows_the_schedule_sensors_probe_and_gpu_pool(outcome):
     assert schedules == {"case_backfill_schedule": ("0 2 * * *", "STOPPED"), "model_backfill_schedule": ("0 2 * * *", "STOPPED")}
     sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
     assert sensors == {"arrow_issue_sensor": "STOPPED", "report_after_success": "RUNNING", "report_after_failure": "RUNNING",
-                       "model_registry_sensor": "RUNNING", "models_after_inputs": "RUNNING"}
+                       "model_registry_sensor": "RUNNING", "models_after_inputs": "RUNNING",
+                       "report_after_backfill": "RUNNING"}
     nodes = {"/".join(n["assetKey"]["path"]): n for n in outcome.automation["assetNodes"]}
     assert nodes["case_prediction"]["pools"] == ["gpu"]
     assert nodes["pyarrow_hang_probe"]["groupName"] == "upstream"

@@ -90,7 +90,7 @@ def test_definitions_have_149_case_partitions_and_the_gpu_pool():
     assert {j.name for j in defs.jobs} >= {"case_inputs_job", "model_chain", "report_job", "pyarrow_probe_job"}
     assert case_backfill_schedule.cron_schedule == model_backfill_schedule.cron_schedule == "0 2 * * *"
     assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "report_after_success", "report_after_failure",
-                                              "model_registry_sensor", "models_after_inputs"}
+                                              "model_registry_sensor", "models_after_inputs", "report_after_backfill"}
 
 
 def test_one_partition_through_the_chain(hub, replica_dir, tmp_path, instance):

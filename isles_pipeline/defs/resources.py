@@ -28,8 +28,13 @@ class ShardSourceResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> ShardSourceResource:
-        source = ShardSource.from_env()
-        return cls(repo_id=source.repo_id, revision=source.revision, endpoint=source.endpoint)
+        """ISLES_HF_REPO, ISLES_HF_REVISION and HF_ENDPOINT as ``dg.EnvVar``: read where the
+        resource is built (the run worker) and overridable in a run's config."""
+        return cls(
+            repo_id=env_or_default("ISLES_HF_REPO", DEFAULT_REPO_ID),
+            revision=env_or_default("ISLES_HF_REVISION", "main"),
+            endpoint=env_or_default("HF_ENDPOINT", None),
+        )
 
     def reader(self) -> ShardReader:
         return ShardReader(ShardSource(self.repo_id, self.revision, self.endpoint))
@@ -42,7 +47,8 @@ class CaseStoreResource(dg.ConfigurableResource):
 
     @classmethod
     def from_env(cls) -> CaseStoreResource:
-        return cls(data_dir=os.environ.get("ISLES_DATA_DIR", DEFAULT_DATA_DIR))
+        """ISLES_DATA_DIR as a ``dg.EnvVar`` (see ShardSourceResource.from_env)."""
+        return cls(data_dir=env_or_default("ISLES_DATA_DIR", DEFAULT_DATA_DIR))
 
     def store(self) -> CaseStore:
         return CaseStore(self.data_dir)
@@ -114,6 +120,16 @@ class SegmenterResource(dg.ConfigurableResource):
                 self.name, device=self.device, checkpoint=self.checkpoint, **self.network_options()
             )
         return self._segmenter
+
+
+def env_or_default(key: str, default):
+    """``dg.EnvVar(key)`` where the variable is set, else the default.
+
+    An EnvVar travels in the run config as ``{"env": key}``: the launchpad shows it, a run can
+    replace it with a value (which then wins over whatever each worker has set), and otherwise
+    each worker resolves it when it builds the resource, not when it imports the code.
+    """
+    return dg.EnvVar(key) if os.environ.get(key) else default
 
 
 def _env_value(key: str, parse):

@@ -10,10 +10,14 @@ attempt failed runs alone: if its data is bad it fails again, but it cannot keep
 waiting a second night.
 """
 
+import json
 import os
 from dataclasses import dataclass, field
 
 import dagster as dg
+
+# Not re-exported by dagster; what the webserver's backfill list reads.
+from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
 
 from ..catalogue import CASE_IDS
 from ..failures import read_failure
@@ -31,9 +35,14 @@ from .partitions import (
 )
 from .resources import CaseStoreResource, ModelRegistryResource
 
-BACKFILL_CRON = os.environ.get("ISLES_BACKFILL_CRON", "0 2 * * *")
 IN_PROGRESS, FAILED, MATERIALIZED = (dg.AssetPartitionStatus.IN_PROGRESS, dg.AssetPartitionStatus.FAILED,
                                      dg.AssetPartitionStatus.MATERIALIZED)
+DEFAULT_BACKFILL_CRON = "0 2 * * *"
+
+
+def backfill_cron() -> str:
+    """``ISLES_BACKFILL_CRON`` when the definitions are built (default 02:00)."""
+    return os.environ.get("ISLES_BACKFILL_CRON", "").strip() or DEFAULT_BACKFILL_CRON
 
 
 @dataclass(frozen=True)
@@ -123,19 +132,7 @@ def _plan_tick(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResou
     return plan_backfill(context.instance, case_store.store(), names), tick
 
 
-AUTOMATION = dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED
-
-
-# Two schedules on one cron, because a Dagster job (and so a schedule's runs) has one partitions
-# definition: cases for the fetch, (case, model) for the models.
-@dg.schedule(
-    cron_schedule=BACKFILL_CRON,
-    job=case_inputs_job,
-    default_status=AUTOMATION,
-    description="Nightly: fetch every case not fetched yet, several per run (models_after_inputs then runs the "
-    "registered models on them); cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
-)
-def case_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
+def _case_tick(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
     plan, tick = _plan_tick(context, case_store, models)
     if not plan.cases:
         return dg.SkipReason(f"all {len(CASE_IDS) - len(plan.running)} cases are fetched; {len(plan.running)} running")
@@ -144,14 +141,7 @@ def case_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: Ca
     return requests
 
 
-@dg.schedule(
-    cron_schedule=BACKFILL_CRON,
-    job=model_chain_job,
-    default_status=AUTOMATION,
-    description="Nightly: segment and score every fetched case with every registered model that has not, several "
-    "cases of one model per run; a (case, model) that failed last time runs alone. Same cron as case_backfill_schedule.",
-)
-def model_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
+def _model_tick(context: dg.ScheduleEvaluationContext, case_store: CaseStoreResource, models: ModelRegistryResource):
     plan, tick = _plan_tick(context, case_store, models)
     if not plan.model_partitions:
         return dg.SkipReason("every fetched case is through the chain for every registered model")
@@ -160,8 +150,82 @@ def model_backfill_schedule(context: dg.ScheduleEvaluationContext, case_store: C
     return requests
 
 
-def _refresh_report(context: dg.RunStatusSensorContext) -> dg.RunRequest:
+def build_backfill_schedules() -> list[dg.ScheduleDefinition]:
+    """The nightly schedules, their cron and default status read from the environment when the
+    definitions are built (each load of the code location), not when this module is imported.
+
+    Two schedules on one cron, because a Dagster job (and so a schedule's runs) has one partitions
+    definition: cases for the fetch, (case, model) for the models."""
+    cron = backfill_cron()
+    status = dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED
+    cases = dg.schedule(
+        name="case_backfill_schedule",
+        cron_schedule=cron,
+        job=case_inputs_job,
+        default_status=status,
+        description="Nightly: fetch every case not fetched yet, several per run (models_after_inputs then runs the "
+        "registered models on them); cases that failed last time run alone. Cron from ISLES_BACKFILL_CRON (default 02:00).",
+    )(_case_tick)
+    models = dg.schedule(
+        name="model_backfill_schedule",
+        cron_schedule=cron,
+        job=model_chain_job,
+        default_status=status,
+        description="Nightly: segment and score every fetched case with every registered model that has not, several "
+        "cases of one model per run; a (case, model) that failed last time runs alone. Same cron as case_backfill_schedule.",
+    )(_model_tick)
+    return [cases, models]
+
+
+case_backfill_schedule, model_backfill_schedule = build_backfill_schedules()
+
+
+BACKFILL_TAG = "dagster/backfill"
+FINISHED_BACKFILLS = [
+    BulkActionStatus.COMPLETED_SUCCESS,
+    BulkActionStatus.COMPLETED_FAILED,
+    BulkActionStatus.COMPLETED,
+    BulkActionStatus.FAILED,
+    BulkActionStatus.CANCELED,
+]
+REMEMBERED_BACKFILLS = 50
+
+
+def _refresh_report(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
+    backfill_id = context.dagster_run.tags.get(BACKFILL_TAG)
+    if backfill_id:
+        # A report per batch would take a run slot from the next batch: report_after_backfill
+        # refreshes it once, when the whole backfill has finished.
+        return dg.SkipReason(f"run of backfill {backfill_id}: the report waits for the backfill to finish")
     return dg.RunRequest(run_key=f"report-after-{context.dagster_run.run_id}")
+
+
+def _touches_the_chain(backfill) -> bool:
+    keys = {key.to_user_string() for key in backfill.asset_selection or []}
+    return bool(keys & {"case_inputs", *MODEL_CHAIN_KEYS}) or backfill.job_name in (case_chain_job.name, case_inputs_job.name)
+
+
+@dg.sensor(
+    job=report_job,
+    name="report_after_backfill",
+    minimum_interval_seconds=5,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Refresh metrics_report once when a backfill of the case chain has finished "
+    "(its runs do not refresh it one by one).",
+)
+def report_after_backfill(context: dg.SensorEvaluationContext):
+    handled = json.loads(context.cursor) if context.cursor else []
+    finished = context.instance.get_backfills(
+        filters=BulkActionsFilter(statuses=FINISHED_BACKFILLS), limit=REMEMBERED_BACKFILLS
+    )
+    new = [b for b in finished if b.backfill_id not in handled and _touches_the_chain(b)]
+    if not new:
+        return dg.SkipReason("no backfill of the case chain finished since the last report")
+    handled = ([b.backfill_id for b in new] + handled)[:REMEMBERED_BACKFILLS]
+    newest = max(new, key=lambda b: b.backfill_timestamp)
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(run_key=f"report-after-backfill-{newest.backfill_id}")], cursor=json.dumps(handled)
+    )
 
 
 @dg.run_status_sensor(

@@ -14,6 +14,7 @@ from ..models import result_path
 from ..predict import INFERRED_KEYS, predict_images
 from .batching import CaseOutcome, Subject, run_cases
 from .cases import case_inputs
+from .deployment import case_prediction_op_tags
 from .partitions import case_backfill_policy, case_model_partitions, inputs_of_case, split_key
 from .resources import CaseStoreResource, ModelRegistryResource, SegmenterResource
 from .training import segmenter_checkpoint
@@ -37,6 +38,7 @@ def model_subject(step: str):
     # segmenter_checkpoint: lineage to the trained model that network models may run
     deps=[dg.AssetDep(case_inputs, partition_mapping=inputs_of_case), segmenter_checkpoint],
     pool="gpu",
+    op_tags=case_prediction_op_tags(),
     group_name="cases",
     kinds={"pytorch", "nifti"},
     description="The model's predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header), "

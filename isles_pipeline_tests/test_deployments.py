@@ -1,0 +1,202 @@
+"""Deployments: the ISLES_DEPLOYMENT switch, settings that travel in the run config, the
+case_prediction pod that dagster-k8s renders, the chain on PostgreSQL and on an S3 API (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
+from isles_pipeline.definitions import build_defs
+from isles_pipeline.defs.deployment import case_chain_executor, case_prediction_op_tags
+from isles_pipeline.defs.jobs import CASE_CHAIN
+from isles_pipeline.defs.report import metrics_report
+from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+from isles_pipeline.deployment import instance_config
+
+from .dagster_dev import free_port
+from .postgres import fresh_database, needs_postgres
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CASE = CASE_IDS[0]
+
+
+def test_the_switch_selects_the_executor(monkeypatch):
+    monkeypatch.delenv("ISLES_DEPLOYMENT", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert case_chain_executor().name == "in_process"
+    assert build_defs().resolve_job_def("case_chain").executor_def.name == "in_process"
+    monkeypatch.setenv("ISLES_DEPLOYMENT", "cluster")
+    assert build_defs().resolve_job_def("case_chain").executor_def.name == "multiprocess"
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    assert case_chain_executor().name == "k8s"
+    monkeypatch.setenv("ISLES_DEPLOYMENT", "laptop")
+    with pytest.raises(ValueError, match="ISLES_DEPLOYMENT='laptop': expected one of local, cluster"):
+        case_chain_executor()
+
+
+def test_cron_and_automation_are_read_when_the_definitions_are_built(monkeypatch):
+    monkeypatch.delenv("ISLES_AUTOMATION", raising=False)
+    monkeypatch.delenv("ISLES_BACKFILL_CRON", raising=False)
+    schedule = build_defs().get_schedule_def("case_backfill_schedule")
+    assert (schedule.cron_schedule, schedule.default_status) == ("0 2 * * *", dg.DefaultScheduleStatus.STOPPED)
+    monkeypatch.setenv("ISLES_AUTOMATION", "on")
+    monkeypatch.setenv("ISLES_BACKFILL_CRON", "30 3 * * 1")
+    schedule = build_defs().get_schedule_def("case_backfill_schedule")
+    assert (schedule.cron_schedule, schedule.default_status) == ("30 3 * * 1", dg.DefaultScheduleStatus.RUNNING)
+
+
+def _chain_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+
+
+def test_the_run_config_wins_over_a_workers_environment(hub, tmp_path, monkeypatch):
+    launcher_dir, worker_dir = tmp_path / "launcher", tmp_path / "worker"
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("ISLES_DATA_DIR", str(launcher_dir))
+    job = build_defs().resolve_job_def("case_chain")
+    # The worker's environment differs from the launcher's; the run config says where files go.
+    monkeypatch.setenv("ISLES_DATA_DIR", str(worker_dir))
+    run_config = {"resources": {"case_store": {"config": {"data_dir": str(launcher_dir)}}}}
+    with dg.instance_for_test() as instance:
+        assert job.execute_in_process(run_config=run_config, partition_key=CASE, instance=instance).success
+        assert not worker_dir.exists()
+        assert {"prediction.nii.gz", "metrics.json"} <= {Path(f).name for f in _chain_files(launcher_dir)}
+        # Without it, the EnvVar is resolved where the resource is built (this "worker"), not at import.
+        assert job.execute_in_process(partition_key=CASE, instance=instance).success
+    assert _chain_files(worker_dir) == _chain_files(launcher_dir)
+
+
+def test_case_prediction_pod_asks_for_a_gpu_node_through_dagster_k8s(tmp_path):
+    """The pod spec as the k8s job executor builds it, from the step's tags in a cluster deployment."""
+    script = """
+import json
+from dagster._core.execution.api import create_execution_plan
+from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
+from isles_pipeline.definitions import defs
+plan = create_execution_plan(defs.resolve_job_def("case_chain"))
+pods = {}
+for key in ("case_inputs", "case_prediction"):
+    config = get_user_defined_k8s_config(plan.get_step_by_key(key).tags)
+    job = construct_dagster_k8s_job(DagsterK8sJobConfig(job_image="isles:test", dagster_home="/opt/dagster/dagster_home"),
+                                    ["dagster", "api", "execute_step"], f"{key.replace('_', '-')}-step", user_defined_k8s_config=config)
+    pods[key] = job.to_dict()["spec"]["template"]["spec"]
+print(json.dumps(pods, default=str))
+"""
+    env = {**os.environ, "ISLES_DEPLOYMENT": "cluster", "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
+    pods = json.loads(out.stdout.strip().splitlines()[-1])
+    gpu_pod = pods["case_prediction"]
+    assert gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu_pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert gpu_pod["node_selector"] == {"nvidia.com/gpu.present": "true"}
+    assert gpu_pod["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists", "toleration_seconds": None, "value": None}]
+    assert pods["case_inputs"]["containers"][0]["resources"] == {"claims": None, "limits": None, "requests": None}
+    assert pods["case_inputs"]["node_selector"] is None
+    assert case_prediction_op_tags("local") is None
+
+
+def resources_for(url: str, data_dir: str) -> dict:
+    return {
+        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
+        "case_store": CaseStoreResource(data_dir=data_dir),
+        "segmenter": SegmenterResource(name="rules", device="cpu"),
+    }
+
+
+@needs_postgres
+def test_the_case_chain_and_the_report_on_postgres(hub, tmp_path, monkeypatch):
+    """deploy/cluster/dagster.yaml with only DAGSTER_PG_* set: runs, events and partitions in PostgreSQL."""
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "dagster.yaml").write_text(instance_config("cluster").read_text())
+    with fresh_database() as db_name:
+        monkeypatch.setenv("DAGSTER_PG_DB", db_name)
+        with dg.DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+            resources = resources_for(hub.url, str(tmp_path / "data"))
+            for case_id in CASE_IDS[:2]:
+                assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+            assert dg.materialize([metrics_report], instance=instance, resources=resources).success
+            assert len(instance.get_run_records()) == 3
+            materialized = instance.get_materialized_partitions(dg.AssetKey("case_metrics"))
+            assert materialized == set(CASE_IDS[:2])
+
+
+# --------------------------------------------------------------------------------------------
+# Object storage: a real S3 API (moto's server) on 127.0.0.1, configured by AWS_* only.
+
+
+@pytest.fixture()
+def s3_bucket(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    import boto3
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()  # an earlier endpoint must not be reused
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="isles")
+    try:
+        yield client
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        server.stop()
+
+
+def _objects(client, bucket: str, prefix: str) -> dict[str, str]:
+    """key below prefix -> sha256 of its bytes."""
+    found = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            body = client.get_object(Bucket=bucket, Key=item["Key"])["Body"].read()
+            found[item["Key"][len(prefix):]] = hashlib.sha256(body).hexdigest()
+    return found
+
+
+def _report_numbers(result: dg.ExecuteInProcessResult) -> dict:
+    [materialization] = result.asset_materializations_for_node("metrics_report")
+    numbers = {k: getattr(v, "value", v) for k, v in materialization.metadata.items()}
+    return {k: v for k, v in numbers.items() if isinstance(v, (int, float)) and "seconds" not in k}
+
+
+def test_the_case_chain_and_the_report_on_s3(hub, tmp_path, s3_bucket):
+    """The same cases on a local folder and on s3://isles/run: the same files, byte for byte, and
+    the same report numbers."""
+    outcomes = {}
+    for name, data_dir in (("local", str(tmp_path / "local")), ("s3", "s3://isles/run")):
+        resources = resources_for(hub.url, data_dir)
+        with dg.instance_for_test() as instance:
+            for case_id in CASE_IDS[:2]:
+                assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+            outcomes[name] = _report_numbers(dg.materialize([metrics_report], instance=instance, resources=resources))
+    local_root = tmp_path / "local"
+    local = {p: hashlib.sha256((local_root / p).read_bytes()).hexdigest() for p in _chain_files(local_root)}
+    on_s3 = _objects(s3_bucket, "isles", "run/")
+    assert sorted(on_s3) == sorted(local)
+    # NIfTI volumes byte for byte; the JSON records equal but for the time the segmenter took.
+    volumes = [key for key in local if key.endswith(".nii.gz")]
+    assert len(volumes) == 2 * 4 and all(on_s3[key] == local[key] for key in volumes)
+    for key in (k for k in local if k.endswith(".json")):
+        text = s3_bucket.get_object(Bucket="isles", Key=f"run/{key}")["Body"].read()
+        assert _timeless(json.loads(text)) == _timeless(json.loads((local_root / key).read_text())), key
+    assert outcomes["s3"] == outcomes["local"] and outcomes["local"]
+    assert not [key for key in on_s3 if ".tmp" in key]
+
+
+def _timeless(record: dict) -> dict:
+    return {k: v for k, v in record.items() if "seconds" not in k}
