@@ -182,14 +182,22 @@ def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_pa
     assert run.returncode == 0, run.stderr
     assert np.array_equal(np.asarray(nib.load(tmp_path / "cli.nii.gz").dataobj) > 0, expected)
 
-    segmenter = SegmenterResource(name="nnunet", device="cpu", checkpoint=str(model))
+    from isles_pipeline.defs.partitions import case_model_key, sync_models
+    from isles_pipeline.defs.resources import ModelRegistryResource
+    from isles_pipeline.models import ModelSpec, result_path, write_registry
+
+    spec = ModelSpec("nnunet:ct", checkpoint=str(model))
+    registry = write_registry(tmp_path / "models.yaml", [spec])
+    assert ModelRegistryResource(path=str(registry)).registry().input_columns() == (*CT_COLUMNS, "lesion_mask")
+    resources = {"case_store": CaseStoreResource(data_dir=str(store.root)), "segmenter": SegmenterResource(device="cpu"),
+                 "models": ModelRegistryResource(path=str(registry))}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([case_prediction], partition_key=CT_CASE, instance=instance,
-                                resources={"case_store": CaseStoreResource(data_dir=str(store.root)), "segmenter": segmenter})
+        sync_models(instance, [spec.name])
+        result = dg.materialize([case_prediction], partition_key=case_model_key(CT_CASE, spec.name), instance=instance, resources=resources)
     assert result.success
-    written = store.read_bytes(store.case_path(CT_CASE, PREDICTION_FILE))
+    written = store.read_bytes(result_path(store, CT_CASE, spec.name, PREDICTION_FILE))
     assert hashlib.sha256(written).hexdigest() == json.loads(run.stdout)["sha256"]
-    info = json.loads(store.read_bytes(store.case_path(CT_CASE, PREDICTION_INFO_FILE)))
+    info = json.loads(store.read_bytes(result_path(store, CT_CASE, spec.name, PREDICTION_INFO_FILE)))
     assert (info["segmenter"], info["device"], info["fallbacks"]) == ("nnunet", "cpu", "")
 
 
@@ -213,7 +221,8 @@ def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
     import dagster as dg
 
     from isles_pipeline.catalogue import DEFAULT_REPO_ID
-    from isles_pipeline.defs.jobs import CASE_CHAIN
+    from isles_pipeline.defs.cases import case_inputs
+    from isles_pipeline.defs.jobs import MODEL_CHAIN
     from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
     from isles_pipeline.defs.segmentation import PREDICTION_FILE
     from isles_pipeline.hub.phantom import GRIDS
@@ -224,14 +233,23 @@ def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
     with pytest.MonkeyPatch.context() as monkeypatch:
         model, _ = build_model_folder(tmp_path / "nnunet_chain", monkeypatch, channels=("DWI", "ADC"), folds=(0,),
                                       dataset_id=503, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
+    from isles_pipeline.defs.partitions import case_model_key, sync_models
+    from isles_pipeline.defs.resources import ModelRegistryResource
+    from isles_pipeline.models import ModelSpec, result_path, write_registry
+
+    spec = ModelSpec("nnunet:mri", checkpoint=str(model), options={"use_mirroring": False})
     store = CaseStore(tmp_path / "data")
     resources = {
         "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=hub.url),
         "case_store": CaseStoreResource(data_dir=str(store.root)),
-        "segmenter": SegmenterResource(name="nnunet", device="cpu", checkpoint=str(model), use_mirroring=False),
+        "segmenter": SegmenterResource(device="cpu"),
+        "models": ModelRegistryResource(path=str(write_registry(tmp_path / "models.yaml", [spec]))),
     }
     with dg.instance_for_test() as instance:
-        assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+        sync_models(instance, [spec.name])
+        assert dg.materialize([case_inputs], partition_key=case_id, instance=instance, resources=resources).success
+        key = case_model_key(case_id, spec.name)
+        assert dg.materialize(MODEL_CHAIN, partition_key=key, instance=instance, resources=resources).success
     files = read_manifest(store, case_id).files
     case = {column: Path(store.local_path(store.case_path(case_id, files[column].name))) for column in ("dwi", "adc")}
 
@@ -241,7 +259,7 @@ def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
     predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(tmp_path / "reference")])
     expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
-    written = nifti.decode(store.read_bytes(store.case_path(case_id, PREDICTION_FILE)), "prediction")
+    written = nifti.decode(store.read_bytes(result_path(store, case_id, spec.name, PREDICTION_FILE)), "prediction")
     np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, expected)
 
 
