@@ -15,10 +15,17 @@ import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
 from isles_pipeline.definitions import build_defs
+from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.deployment import case_chain_executor, case_prediction_op_tags
-from isles_pipeline.defs.jobs import CASE_CHAIN
+from isles_pipeline.defs.jobs import MODEL_CHAIN
+from isles_pipeline.defs.partitions import case_model_key, sync_models
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
+from isles_pipeline.defs.resources import (
+    CaseStoreResource,
+    ModelRegistryResource,
+    SegmenterResource,
+    ShardSourceResource,
+)
 from isles_pipeline.deployment import instance_config
 
 from .dagster_dev import free_port
@@ -32,9 +39,9 @@ def test_the_switch_selects_the_executor(monkeypatch):
     monkeypatch.delenv("ISLES_DEPLOYMENT", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     assert case_chain_executor().name == "in_process"
-    assert build_defs().resolve_job_def("case_chain").executor_def.name == "in_process"
+    assert build_defs().resolve_job_def("model_chain").executor_def.name == "in_process"
     monkeypatch.setenv("ISLES_DEPLOYMENT", "cluster")
-    assert build_defs().resolve_job_def("case_chain").executor_def.name == "multiprocess"
+    assert build_defs().resolve_job_def("model_chain").executor_def.name == "multiprocess"
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
     assert case_chain_executor().name == "k8s"
     monkeypatch.setenv("ISLES_DEPLOYMENT", "laptop")
@@ -61,14 +68,14 @@ def test_the_run_config_wins_over_a_workers_environment(hub, tmp_path, monkeypat
     launcher_dir, worker_dir = tmp_path / "launcher", tmp_path / "worker"
     monkeypatch.setenv("HF_ENDPOINT", hub.url)
     monkeypatch.setenv("ISLES_DATA_DIR", str(launcher_dir))
-    job = build_defs().resolve_job_def("case_chain")
+    job = build_defs().resolve_job_def("case_inputs_job")
     # The worker's environment differs from the launcher's; the run config says where files go.
     monkeypatch.setenv("ISLES_DATA_DIR", str(worker_dir))
     run_config = {"resources": {"case_store": {"config": {"data_dir": str(launcher_dir)}}}}
     with dg.instance_for_test() as instance:
         assert job.execute_in_process(run_config=run_config, partition_key=CASE, instance=instance).success
         assert not worker_dir.exists()
-        assert {"prediction.nii.gz", "metrics.json"} <= {Path(f).name for f in _chain_files(launcher_dir)}
+        assert {"dwi.nii.gz", "adc.nii.gz", "lesion_mask.nii.gz", "source.json"} <= {Path(f).name for f in _chain_files(launcher_dir)}
         # Without it, the EnvVar is resolved where the resource is built (this "worker"), not at import.
         assert job.execute_in_process(partition_key=CASE, instance=instance).success
     assert _chain_files(worker_dir) == _chain_files(launcher_dir)
@@ -81,10 +88,11 @@ import json
 from dagster._core.execution.api import create_execution_plan
 from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 from isles_pipeline.definitions import defs
-plan = create_execution_plan(defs.resolve_job_def("case_chain"))
+plans = {"case_inputs": create_execution_plan(defs.resolve_job_def("case_inputs_job")),
+         "case_prediction": create_execution_plan(defs.resolve_job_def("model_chain"))}
 pods = {}
 for key in ("case_inputs", "case_prediction"):
-    config = get_user_defined_k8s_config(plan.get_step_by_key(key).tags)
+    config = get_user_defined_k8s_config(plans[key].get_step_by_key(key).tags)
     job = construct_dagster_k8s_job(DagsterK8sJobConfig(job_image="isles:test", dagster_home="/opt/dagster/dagster_home"),
                                     ["dagster", "api", "execute_step"], f"{key.replace('_', '-')}-step", user_defined_k8s_config=config)
     pods[key] = job.to_dict()["spec"]["template"]["spec"]
@@ -108,7 +116,15 @@ def resources_for(url: str, data_dir: str) -> dict:
         "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
         "case_store": CaseStoreResource(data_dir=data_dir),
         "segmenter": SegmenterResource(name="rules", device="cpu"),
+        "models": ModelRegistryResource(),
     }
+
+
+def run_chain(instance: dg.DagsterInstance, resources: dict, case_id: str) -> None:
+    """The case's inputs, then the built-in rules model on it."""
+    sync_models(instance, ["rules"])
+    assert dg.materialize([case_inputs], partition_key=case_id, instance=instance, resources=resources).success
+    assert dg.materialize(MODEL_CHAIN, partition_key=case_model_key(case_id, "rules"), instance=instance, resources=resources).success
 
 
 @needs_postgres
@@ -123,11 +139,11 @@ def test_the_case_chain_and_the_report_on_postgres(hub, tmp_path, monkeypatch):
             assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
             resources = resources_for(hub.url, str(tmp_path / "data"))
             for case_id in CASE_IDS[:2]:
-                assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+                run_chain(instance, resources, case_id)
             assert dg.materialize([metrics_report], instance=instance, resources=resources).success
-            assert len(instance.get_run_records()) == 3
+            assert len(instance.get_run_records()) == 5
             materialized = instance.get_materialized_partitions(dg.AssetKey("case_metrics"))
-            assert materialized == set(CASE_IDS[:2])
+            assert materialized == {case_model_key(case_id, "rules") for case_id in CASE_IDS[:2]}
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +198,7 @@ def test_the_case_chain_and_the_report_on_s3(hub, tmp_path, s3_bucket):
         resources = resources_for(hub.url, data_dir)
         with dg.instance_for_test() as instance:
             for case_id in CASE_IDS[:2]:
-                assert dg.materialize(CASE_CHAIN, partition_key=case_id, instance=instance, resources=resources).success
+                run_chain(instance, resources, case_id)
             outcomes[name] = _report_numbers(dg.materialize([metrics_report], instance=instance, resources=resources))
     local_root = tmp_path / "local"
     local = {p: hashlib.sha256((local_root / p).read_bytes()).hexdigest() for p in _chain_files(local_root)}

@@ -73,12 +73,17 @@ class _OutOfMemoryResource(SegmenterResource):
             self._segmenter = _CudaOutOfMemory()
         return self._segmenter
 
+    def build(self, spec):
+        return self.get()
+
 
 def test_case_prediction_metadata_and_prediction_json_carry_the_fallback(hub, tmp_path):
     from isles_pipeline.catalogue import DEFAULT_REPO_ID
-    from isles_pipeline.defs.resources import CaseStoreResource
+    from isles_pipeline.defs.partitions import case_model_key, sync_models
+    from isles_pipeline.defs.resources import CaseStoreResource, ModelRegistryResource
     from isles_pipeline.defs.segmentation import PREDICTION_INFO_FILE, case_prediction
     from isles_pipeline.inputs import fetch_case
+    from isles_pipeline.models import result_path
     from isles_pipeline.source import ShardReader, ShardSource
     from isles_pipeline.store import CaseStore
 
@@ -86,12 +91,14 @@ def test_case_prediction_metadata_and_prediction_json_carry_the_fallback(hub, tm
     store = CaseStore(tmp_path)
     fetch_case(ShardReader(ShardSource(DEFAULT_REPO_ID, "main", hub.url)), store, case_id)
     with dg.instance_for_test() as instance:
-        result = dg.materialize([case_prediction], partition_key=case_id, instance=instance,
-                                resources={"case_store": CaseStoreResource(data_dir=str(tmp_path)), "segmenter": _OutOfMemoryResource()})
+        sync_models(instance, ["rules"])
+        result = dg.materialize([case_prediction], partition_key=case_model_key(case_id, "rules"), instance=instance,
+                                resources={"case_store": CaseStoreResource(data_dir=str(tmp_path)), "segmenter": _OutOfMemoryResource(),
+                                           "models": ModelRegistryResource()})
         assert result.success
         event = result.asset_materializations_for_node("case_prediction")[0]
     metadata = {key: getattr(value, "value", value) for key, value in event.metadata.items()}
     fallbacks = "out of memory on cuda with sw_batch_size=2; out of memory on cuda with sw_batch_size=1"
     assert (metadata["device"], metadata["requested_device"], metadata["fallbacks"]) == ("cpu", "cuda", fallbacks)
-    info = json.loads(store.read_bytes(store.case_path(case_id, PREDICTION_INFO_FILE)))
+    info = json.loads(store.read_bytes(result_path(store, case_id, "rules", PREDICTION_INFO_FILE)))
     assert (info["device"], info["requested_device"], info["fallbacks"]) == ("cpu", "cuda", fallbacks)

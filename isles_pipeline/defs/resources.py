@@ -121,6 +121,10 @@ class SegmenterResource(dg.ConfigurableResource):
             )
         return self._segmenter
 
+    def build(self, spec):
+        """The segmenter of a registered model (``models.ModelSpec``) on this resource's device."""
+        return spec.make(device=self.device)
+
 
 def env_or_default(key: str, default):
     """``dg.EnvVar(key)`` where the variable is set, else the default.

@@ -53,7 +53,7 @@ def case_prediction(
         case_id, name = split_key(key)
         spec = registry.get(name)
         if name not in built:
-            built[name] = spec.make(device=segmenter.device)
+            built[name] = segmenter.build(spec)
         model = built[name]
         result = predict_images(model, read_case_images(store, case_id, spec.input_columns()))
         target = result_path(store, case_id, name, PREDICTION_FILE)
