@@ -103,7 +103,7 @@ def registry_path(path: str | os.PathLike[str] | None = None) -> Path | None:
 def load_registry(path: str | os.PathLike[str] | None = None) -> ModelRegistry:
     where = registry_path(path)
     if where is None:
-        return ModelRegistry(BUILT_IN)
+        return environment_registry()
     try:
         document = yaml.safe_load(where.read_text())
     except FileNotFoundError:
@@ -111,6 +111,20 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> ModelRegistry:
     except yaml.YAMLError as exc:
         raise ModelRegistryError(f"model registry {where}: not YAML: {' '.join(str(exc).split())}") from None
     return parse_registry(document, str(where))
+
+
+def environment_registry() -> ModelRegistry:
+    """Without a registry file: the one model ``ISLES_SEGMENTER`` / ``ISLES_CHECKPOINT`` name
+    (``network:given`` or ``nnunet:given``, as the demo calls it), else the built-in ``rules``."""
+    segmenter = os.environ.get("ISLES_SEGMENTER", "").strip() or "rules"
+    if segmenter == "rules":
+        return ModelRegistry(BUILT_IN)
+    checkpoint = os.environ.get("ISLES_CHECKPOINT", "").strip()
+    if segmenter not in ("network", "nnunet") or not checkpoint:
+        raise ModelRegistryError(
+            f"ISLES_SEGMENTER={segmenter!r} without a registry file: expected rules, or network/nnunet with ISLES_CHECKPOINT set"
+        )
+    return ModelRegistry((ModelSpec(f"{segmenter}:given", checkpoint=checkpoint),), "ISLES_SEGMENTER")
 
 
 def parse_registry(document: Any, source: str = "<yaml>") -> ModelRegistry:

@@ -8,9 +8,22 @@ from isles_pipeline.models import ModelRegistryError, ModelSpec, load_registry, 
 def test_built_in_registry_is_rules_alone(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("ISLES_MODELS", raising=False)
+    monkeypatch.delenv("ISLES_SEGMENTER", raising=False)
     registry = load_registry()
     assert registry.names == ["rules"]
     assert registry.input_columns() == ("dwi", "adc", "lesion_mask")
+
+
+def test_without_a_registry_file_isles_segmenter_names_the_one_model(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ISLES_MODELS", raising=False)
+    monkeypatch.setenv("ISLES_SEGMENTER", "nnunet")
+    monkeypatch.setenv("ISLES_CHECKPOINT", str(tmp_path / "Dataset501_Tiny"))
+    registry = load_registry()
+    assert registry.names == ["nnunet:given"] and registry.get("nnunet:given").checkpoint == str(tmp_path / "Dataset501_Tiny")
+    monkeypatch.delenv("ISLES_CHECKPOINT")
+    with pytest.raises(ModelRegistryError, match="ISLES_SEGMENTER='nnunet' without a registry file: expected rules, or network/nnunet with ISLES_CHECKPOINT set"):
+        load_registry()
 
 
 def test_registry_file_round_trips(tmp_path) -> None:

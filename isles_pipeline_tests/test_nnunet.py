@@ -215,7 +215,7 @@ def test_the_segmenter_resource_builds_it_from_the_environment(mri_model, monkey
     assert resource.get() is resource.get()  # built once per run
 
 
-def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
+def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path, monkeypatch):
     """case_inputs -> case_prediction -> case_metrics with the nnunet segmenter (as
     ISLES_SEGMENTER=nnunet sets it); the stored mask equals nnUNetPredictor's on the fetched files."""
     import dagster as dg
@@ -230,20 +230,25 @@ def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
     from isles_pipeline.store import CaseStore
 
     tiny, case_id = GRIDS["tiny"], "sub-stroke0002"
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        model, _ = build_model_folder(tmp_path / "nnunet_chain", monkeypatch, channels=("DWI", "ADC"), folds=(0,),
+    with pytest.MonkeyPatch.context() as planner_env:
+        model, _ = build_model_folder(tmp_path / "nnunet_chain", planner_env, channels=("DWI", "ADC"), folds=(0,),
                                       dataset_id=503, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
     from isles_pipeline.defs.partitions import case_model_key, sync_models
     from isles_pipeline.defs.resources import ModelRegistryResource
-    from isles_pipeline.models import ModelSpec, result_path, write_registry
+    from isles_pipeline.models import result_path
 
-    spec = ModelSpec("nnunet:mri", checkpoint=str(model), options={"use_mirroring": False})
+    # No registry file: ISLES_SEGMENTER and ISLES_CHECKPOINT name the one model, as a user sets them.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("ISLES_MODELS", raising=False)
+    monkeypatch.setenv("ISLES_SEGMENTER", "nnunet")
+    monkeypatch.setenv("ISLES_CHECKPOINT", str(model))
+    spec = ModelRegistryResource().registry().get("nnunet:given")
     store = CaseStore(tmp_path / "data")
     resources = {
         "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=hub.url),
         "case_store": CaseStoreResource(data_dir=str(store.root)),
         "segmenter": SegmenterResource(device="cpu"),
-        "models": ModelRegistryResource(path=str(write_registry(tmp_path / "models.yaml", [spec]))),
+        "models": ModelRegistryResource(),
     }
     with dg.instance_for_test() as instance:
         sync_models(instance, [spec.name])
@@ -255,7 +260,7 @@ def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path):
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    predictor = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
     predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(tmp_path / "reference")])
     expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
