@@ -172,7 +172,8 @@ class IssueWatcher:
         except (TimeoutError, urllib.error.URLError) as error:
             reason = getattr(error, "reason", error)  # URLError wraps the socket's error
             if isinstance(reason, TimeoutError):
-                return FetchFailure("timeout", f"timed out after {self.timeout_s:g} s")
+                # the socket's own timeout, which races the deadline above: the same message
+                return FetchFailure("timeout", f"no answer from {request.full_url} within {self.timeout_s:g} s")
             return FetchFailure("network", f"cannot reach {request.full_url}: {reason}")
         except (OSError, ValueError, http.client.HTTPException) as error:  # resets, bad URLs
             return FetchFailure("network", f"{type(error).__name__}: {error}")
