@@ -23,7 +23,7 @@ from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path  # no
 from isles_pipeline.hub.replica import build_replica  # noqa: E402
 from isles_pipeline.hub.server import HubServer  # noqa: E402
 from isles_pipeline.inputs import fetch_case  # noqa: E402
-from isles_pipeline.source import ShardReader, ShardSource  # noqa: E402
+from isles_pipeline.source import ShardReader, ShardSource, column_chunk_bytes  # noqa: E402
 from isles_pipeline.store import CaseStore  # noqa: E402
 
 COLUMN_SETS = {
@@ -34,13 +34,7 @@ COLUMN_SETS = {
 
 
 def chunk_bytes(shard: Path, columns) -> int:
-    metadata = pq.read_metadata(shard)
-    return sum(
-        metadata.row_group(g).column(i).total_compressed_size
-        for g in range(metadata.num_row_groups)
-        for i in range(metadata.num_columns)
-        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in columns
-    )
+    return column_chunk_bytes(pq.read_metadata(shard), tuple(columns))
 
 
 def main() -> int:

@@ -296,6 +296,16 @@ def _read_columns(case_id: str, remote: _ShardFile, columns: tuple[str, ...]) ->
         return pq.ParquetFile(remote, metadata=metadata, pre_buffer=False).read(columns=list(wanted), use_threads=False)
 
 
+def column_chunk_bytes(metadata: pq.FileMetaData, columns: tuple[str, ...]) -> int:
+    """Compressed bytes of the columns' chunks over all row groups: what reading them must move."""
+    return sum(
+        metadata.row_group(g).column(i).total_compressed_size
+        for g in range(metadata.num_row_groups)
+        for i in range(metadata.num_columns)
+        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in columns
+    )
+
+
 def column_spans(metadata: pq.FileMetaData, columns: tuple[str, ...], gap: int = MERGE_GAP) -> list[tuple[int, int]]:
     """Byte ranges [start, end) of the columns' chunks; chunks closer than ``gap`` share one."""
     spans = sorted(

@@ -130,13 +130,9 @@ def _column_chunk_bytes(shard: Path, columns: tuple[str, ...]) -> int:
     """Bytes of these columns' chunks, from the shard's own footer."""
     import pyarrow.parquet as pq
 
-    metadata = pq.read_metadata(shard)
-    return sum(
-        metadata.row_group(g).column(i).total_compressed_size
-        for g in range(metadata.num_row_groups)
-        for i in range(metadata.num_columns)
-        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in columns
-    )
+    from isles_pipeline.source import column_chunk_bytes
+
+    return column_chunk_bytes(pq.read_metadata(shard), tuple(columns))
 
 
 def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_path):

@@ -14,7 +14,7 @@ from isles_pipeline.hub.phantom import make_case
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.inputs import fetch_case, read_manifest
 from isles_pipeline.nifti import as_mask, voxel_volume_ml
-from isles_pipeline.source import CaseDataError, ShardReader, ShardSource
+from isles_pipeline.source import CaseDataError, ShardReader, ShardSource, column_chunk_bytes
 from isles_pipeline.store import CaseStore
 
 CASE = CASE_IDS[1]
@@ -27,13 +27,7 @@ def shard_cells(replica_dir: Path, case_id: str) -> dict[str, bytes]:
 
 def needed_chunk_bytes(path: Path) -> int:
     """Bytes of the needed columns' chunks, from the shard's own footer."""
-    metadata = pq.read_metadata(path)
-    return sum(
-        metadata.row_group(g).column(i).total_compressed_size
-        for g in range(metadata.num_row_groups)
-        for i in range(metadata.num_columns)
-        if metadata.row_group(g).column(i).path_in_schema.split(".")[0] in NEEDED_COLUMNS
-    )
+    return column_chunk_bytes(pq.read_metadata(path), tuple(NEEDED_COLUMNS))
 
 
 def reader_for(server: HubServer, revision: str = "main") -> ShardReader:
