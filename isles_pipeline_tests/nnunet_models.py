@@ -9,6 +9,9 @@ the lesion logit's bias is set so that the mask is neither empty nor full.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,10 +54,6 @@ def build_model_folder(
 ) -> tuple[Path, list[dict[str, Path]]]:
     """A trained-model folder (dataset.json, plans.json, fold_K/checkpoint_final.pth) and the
     raw cases' image paths."""
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprint_dataset,
-        plan_experiment_dataset,
-    )
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -71,8 +70,7 @@ def build_model_folder(
         "file_ending": ".nii.gz",
     }
     (raw / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    extract_fingerprint_dataset(dataset_id, num_processes=1, verbose=False, show_progress_bar=False)
-    plan_experiment_dataset(dataset_id)
+    _plan(dataset_id)
     plans_file = work / "nnUNet_preprocessed" / name / "nnUNetPlans.json"
     plans = json.loads(plans_file.read_text())
 
@@ -91,6 +89,20 @@ def build_model_folder(
         _save_checkpoint(model / f"fold_{fold}" / "checkpoint_final.pth", network, fold)
     set_lesion_bias(model, folds, case_paths[0], lesion_fraction)
     return model, case_paths
+
+
+def _plan(dataset_id: int) -> None:
+    """nnunetv2's fingerprint and planner, in a fresh interpreter: the planner forks a process pool,
+    and a fork of the test process (whose Hub server and fsspec threads may hold locks) can deadlock."""
+    script = (
+        "import sys\n"
+        "from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprint_dataset, plan_experiment_dataset\n"
+        "extract_fingerprint_dataset(int(sys.argv[1]), num_processes=1, verbose=False, show_progress_bar=False)\n"
+        "plan_experiment_dataset(int(sys.argv[1]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(dataset_id)], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"nnU-Net planning failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
 
 
 def _save_checkpoint(path: Path, network: torch.nn.Module, fold: int) -> None:
