@@ -13,20 +13,15 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
+from isles_pipeline.catalogue import CASE_IDS
 from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.deployment import case_chain_executor, case_prediction_op_tags
 from isles_pipeline.defs.jobs import MODEL_CHAIN
 from isles_pipeline.defs.partitions import case_model_key, sync_models
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.defs.resources import (
-    CaseStoreResource,
-    ModelRegistryResource,
-    SegmenterResource,
-    ShardSourceResource,
-)
 from isles_pipeline.deployment import instance_config
+from isles_pipeline_tests.chain import resources_for
 
 from .dagster_dev import free_port
 from .postgres import fresh_database, needs_postgres
@@ -109,15 +104,6 @@ print(json.dumps(pods, default=str))
     assert pods["case_inputs"]["containers"][0]["resources"] == {"claims": None, "limits": None, "requests": None}
     assert pods["case_inputs"]["node_selector"] is None
     assert case_prediction_op_tags("local") is None
-
-
-def resources_for(url: str, data_dir: str) -> dict:
-    return {
-        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
-        "case_store": CaseStoreResource(data_dir=data_dir),
-        "segmenter": SegmenterResource(name="rules", device="cpu"),
-        "models": ModelRegistryResource(),
-    }
 
 
 def run_chain(instance: dg.DagsterInstance, resources: dict, case_id: str) -> None:

@@ -10,29 +10,15 @@ import pytest
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
 from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, sync_models
-from isles_pipeline.defs.resources import (
-    CaseStoreResource,
-    ModelRegistryResource,
-    SegmenterResource,
-    ShardSourceResource,
-)
 from isles_pipeline.defs.segmentation import case_prediction
 from isles_pipeline.failures import read_failure
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.store import CaseStore
+from isles_pipeline_tests.chain import resources_for
 
 CLIENT_RETRIES = 5
 GOOD, BAD, FLAKY = CASE_IDS[:3]
-
-
-def resources_for(url: str, data_dir) -> dict:
-    return {
-        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
-        "case_store": CaseStoreResource(data_dir=str(data_dir)),
-        "segmenter": SegmenterResource(name="rules", device="cpu"),
-        "models": ModelRegistryResource(path=None),
-    }
 
 
 def events(result: dg.ExecuteInProcessResult, kind: str) -> list[dg.DagsterEvent]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
+from isles_pipeline.catalogue import CASE_IDS
 from isles_pipeline.definitions import defs
 from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.jobs import MODEL_CHAIN
@@ -20,28 +20,17 @@ from isles_pipeline.defs.leaderboard import leaderboard
 from isles_pipeline.defs.partitions import case_model_key, range_tags, sync_models
 from isles_pipeline.defs.report import metrics_report
 from isles_pipeline.defs.resources import (
-    CaseStoreResource,
     ModelRegistryResource,
-    SegmenterResource,
-    ShardSourceResource,
 )
 from isles_pipeline.defs.schedules import model_backfill_schedule, plan_backfill
 from isles_pipeline.leaderboard import RANKED_METRICS
 from isles_pipeline.models import ModelSpec, write_registry
+from isles_pipeline_tests.chain import resources_for
 
 CASES = list(CASE_IDS[:3])
 RULES = ModelSpec("rules")
 LOOSE = ModelSpec("rules:loose", options={"dwi_factor": 1.15, "adc_high": 0.8})
 STRICT = ModelSpec("rules:strict", options={"dwi_factor": 2.0, "adc_high": 0.5})
-
-
-def resources_for(url: str, data_dir, registry) -> dict:
-    return {
-        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
-        "case_store": CaseStoreResource(data_dir=str(data_dir)),
-        "segmenter": SegmenterResource(device="cpu"),
-        "models": ModelRegistryResource(path=str(registry)),
-    }
 
 
 def count(instance: dg.DagsterInstance, asset: str, partition: str) -> int:

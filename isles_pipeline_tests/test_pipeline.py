@@ -20,29 +20,15 @@ from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.jobs import MODEL_CHAIN
 from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, range_tags, sync_models
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.defs.resources import (
-    CaseStoreResource,
-    ModelRegistryResource,
-    SegmenterResource,
-    ShardSourceResource,
-)
 from isles_pipeline.defs.schedules import case_backfill_schedule, model_backfill_schedule, plan_backfill
 from isles_pipeline.defs.scoring import inputs_on_one_grid, metrics_in_range
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.metrics import score_files
+from isles_pipeline_tests.chain import resources_for
 
 CHECKS = [inputs_on_one_grid, metrics_in_range]
 RANGE_TAGS = (RANGE_START_TAG, RANGE_END_TAG)
-
-
-def resources_for(url: str, data_dir) -> dict:
-    return {
-        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
-        "case_store": CaseStoreResource(data_dir=str(data_dir)),
-        "segmenter": SegmenterResource(name="rules", device="cpu"),
-        "models": ModelRegistryResource(path=None),
-    }
 
 
 RULES = "rules"
