@@ -243,13 +243,23 @@ query RunAssets($runId: ID!) {
   runOrError(runId: $runId) {
     __typename
     ... on Run {
-      runId status
+      runId status startTime endTime
       assetSelection { path }
       assetMaterializations { assetKey { path } partition }
       tags { key value }
     }
   }
 }"""
+
+JOB_RUNS = """
+query ($job: String!) { runsOrError(filter: {pipelineName: $job}) {
+  ... on Runs { results { runId status startTime endTime tags { key value } } } } }
+"""
+
+SENSOR_TICKS = """
+{ repositoriesOrError { ... on RepositoryConnection { nodes {
+  sensors { name sensorState { ticks(limit: 50) { status skipReason runIds } } } } } } }
+"""
 
 LOCATION_STATUS = """
 query { workspaceOrError { __typename ... on Workspace { locationEntries { name loadStatus
@@ -347,10 +357,23 @@ class GraphQLClient:
             raise StackError(f"run {run_id}: {run['__typename']}")
         return {
             "status": run["status"],
+            "startTime": run["startTime"],
+            "endTime": run["endTime"],
             "tags": {tag["key"]: tag["value"] for tag in run["tags"]},
             "assets": sorted("/".join(key["path"]) for key in run["assetSelection"] or []),
             "materialized": sorted(("/".join(e["assetKey"]["path"]), e["partition"]) for e in run["assetMaterializations"]),
         }
+
+    def job_runs(self, job_name: str) -> list[dict[str, Any]]:
+        """Every run of a job: id, status, start and end times, tags."""
+        runs = self.execute(JOB_RUNS, {"job": job_name})["runsOrError"]["results"]
+        return [{**run, "tags": {tag["key"]: tag["value"] for tag in run["tags"]}} for run in runs]
+
+    def sensor_ticks(self, sensor_name: str) -> list[dict[str, Any]]:
+        """The sensor's latest ticks (status, skip reason, run ids), newest first."""
+        nodes = self.execute(SENSOR_TICKS)["repositoriesOrError"]["nodes"]
+        return [tick for node in nodes for sensor in node["sensors"] if sensor["name"] == sensor_name
+                for tick in sensor["sensorState"]["ticks"]]
 
     def run_failures(self, run_id: str) -> list[str]:
         """The step failures of a run (those retried included: "max retries exceeded" alone hides

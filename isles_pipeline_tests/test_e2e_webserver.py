@@ -9,6 +9,7 @@ the last test can check that nothing of the stack is left running.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ class BackfillOutcome:
     model_runs: list[dict[str, Any]]
     metrics: AssetPartitions
     metrics_on_disk: dict[str, dict[str, Any]]
+    report_runs: list[dict[str, Any]]
+    report_skips: list[str]
     left_in_group: list[int]
     left_with_home: list[int]
     automation: dict[str, Any]
@@ -68,12 +71,27 @@ def outcome(tmp_path_factory, replica_dir) -> BackfillOutcome:
         runs = [stack.client.run_assets(run["runId"]) for run in backfill["runs"]]
         metrics = stack.client.wait_for_materialized("case_metrics", KEYS, timeout_s=240)
         model_runs = [stack.client.wait_for_run(run_id) for run_id in sorted({m["runId"] for m in metrics.runs.values()})]
+        report_runs, report_skips = wait_for_the_report(stack.client, backfill_id)
         on_disk = {case_id: stack.metrics_on_disk(case_id) for case_id in CASES}
         automation = stack.client.execute(AUTOMATION_QUERY)
         pgid, home = stack.pgid, str(stack.dagster_home)
     return BackfillOutcome(
-        backfill, runs, model_runs, metrics, on_disk, live_processes_in_group(pgid), live_processes_with_env("DAGSTER_HOME", home), automation
+        backfill, runs, model_runs, metrics, on_disk, report_runs, report_skips, live_processes_in_group(pgid), live_processes_with_env("DAGSTER_HOME", home), automation
     )
+
+
+def wait_for_the_report(client, backfill_id: str, timeout_s: float = 180.0) -> tuple[list[dict[str, Any]], list[str]]:
+    """Wait until report_after_backfill's run has ended and report_after_success has looked at the
+    model run (and skipped it); return every report_job run and that sensor's skip reasons."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = client.job_runs("report_job")
+        mine = [r for r in runs if r["tags"].get("dagster/run_key") == f"report-after-backfill-{backfill_id}"]
+        skips = [t["skipReason"] or "" for t in client.sensor_ticks("report_after_success") if t["status"] == "SKIPPED"]
+        if mine and mine[0]["status"] in ("SUCCESS", "FAILURE") and any(backfill_id in s for s in skips):
+            return runs, skips
+        time.sleep(2)
+    raise AssertionError(f"no report after backfill {backfill_id} within {timeout_s:.0f} s")
 
 
 def test_backfill_completes_over_all_three_cases(outcome):
@@ -97,6 +115,18 @@ def test_the_sensor_runs_the_model_on_the_three_cases_in_one_run(outcome):
     assert run["status"] == "SUCCESS"
     assert (run["tags"][RANGE_START], run["tags"][RANGE_END], run["tags"]["isles/model"]) == (KEYS[0], KEYS[-1], "rules")
     assert run["materialized"] == sorted((asset, key) for asset in MODEL_ASSETS for key in KEYS)
+
+
+def test_the_report_is_refreshed_once_after_the_backfill_and_its_model_run(outcome):
+    backfill_id = outcome.backfill["id"]
+    (report,) = outcome.report_runs
+    assert report["tags"]["dagster/run_key"] == f"report-after-backfill-{backfill_id}"
+    assert report["status"] == "SUCCESS"
+    (model_run,) = outcome.model_runs
+    assert model_run["tags"]["isles/after_backfill"] == backfill_id
+    assert report["startTime"] >= model_run["endTime"]
+    # the model run's own success was seen and left to report_after_backfill
+    assert any(f"backfill {backfill_id}" in reason for reason in outcome.report_skips)
 
 
 def test_partition_stats_count_three_of_149_materialized(outcome):

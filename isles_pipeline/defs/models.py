@@ -5,7 +5,15 @@ import dagster as dg
 
 from ..catalogue import CASE_IDS
 from .jobs import case_inputs_job, model_chain_job
-from .partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, model_partitions, range_tags, sync_models
+from .partitions import (
+    BACKFILL_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    case_model_key,
+    model_partitions,
+    range_tags,
+    sync_models,
+)
 from .resources import ModelRegistryResource
 
 
@@ -21,6 +29,12 @@ def model_registry_sensor(context: dg.SensorEvaluationContext, models: ModelRegi
     if not new:
         return dg.SkipReason(f"{len(names)} model(s) registered, none new")
     return dg.SensorResult(dynamic_partitions_requests=[model_partitions.build_add_request(new)])
+
+
+# Tags of the model runs that models_after_inputs starts: the fetch run they follow, and the
+# backfill that fetch run belonged to (a sensor's runs are not part of the backfill itself).
+AFTER_RUN_TAG = "isles/after_run"
+AFTER_BACKFILL_TAG = "isles/after_backfill"
 
 
 def run_cases_of(run: dg.DagsterRun) -> list[str]:
@@ -43,6 +57,7 @@ def fetched_inputs(run: dg.DagsterRun) -> bool:
     run_status=dg.DagsterRunStatus.SUCCESS,
     request_job=model_chain_job,
     name="models_after_inputs",
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="When a run that fetched case_inputs succeeds, run every registered model on its cases (one run per model).",
 )
@@ -54,10 +69,14 @@ def models_after_inputs(context: dg.RunStatusSensorContext, models: ModelRegistr
         return dg.SkipReason("the run named no case")
     sync_models(context.instance, names)
     run_id = context.dagster_run.run_id
+    followed = {AFTER_RUN_TAG: run_id}
+    if backfill_id := context.dagster_run.tags.get(BACKFILL_TAG):
+        followed[AFTER_BACKFILL_TAG] = backfill_id
     return [
-        dg.RunRequest(run_key=f"models-after-{run_id}:{name}", tags={**range_tags(cases, name), "isles/model": name})
+        dg.RunRequest(run_key=f"models-after-{run_id}:{name}", tags={**range_tags(cases, name), "isles/model": name, **followed})
         if len(cases) > 1
-        else dg.RunRequest(run_key=f"models-after-{run_id}:{name}", partition_key=case_model_key(cases[0], name), tags={"isles/model": name})
+        else dg.RunRequest(run_key=f"models-after-{run_id}:{name}", partition_key=case_model_key(cases[0], name),
+                           tags={"isles/model": name, **followed})
         for name in names
     ]
 

@@ -25,6 +25,7 @@ case_backfill_policy = dg.BackfillPolicy.multi_run(max_partitions_per_run=CASES_
 # The tags that make a run cover a range of consecutive cases.
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+BACKFILL_TAG = "dagster/backfill"
 
 model_partitions = dg.DynamicPartitionsDefinition(name="models")
 case_model_partitions = dg.MultiPartitionsDefinition({"case": case_partitions, "model": model_partitions})

@@ -12,6 +12,7 @@ waiting a second night.
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -24,7 +25,9 @@ from ..failures import read_failure
 from ..models import slug_of
 from ..store import CaseStore
 from .jobs import case_chain_job, case_inputs_job, model_chain_job, report_job
+from .models import AFTER_BACKFILL_TAG, AFTER_RUN_TAG, fetched_inputs, run_cases_of
 from .partitions import (
+    BACKFILL_TAG,
     CASES_PER_RUN,
     MODEL_CHAIN_KEYS,
     automation_on,
@@ -180,7 +183,6 @@ def build_backfill_schedules() -> list[dg.ScheduleDefinition]:
 case_backfill_schedule, model_backfill_schedule = build_backfill_schedules()
 
 
-BACKFILL_TAG = "dagster/backfill"
 FINISHED_BACKFILLS = [
     BulkActionStatus.COMPLETED_SUCCESS,
     BulkActionStatus.COMPLETED_FAILED,
@@ -189,13 +191,24 @@ FINISHED_BACKFILLS = [
     BulkActionStatus.CANCELED,
 ]
 REMEMBERED_BACKFILLS = 50
+UNFINISHED_RUNS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+]
+# How long after a backfill ends the report waits for models_after_inputs to start the model runs
+# of its fetch runs (the sensor may be turned off; then the report is refreshed without them).
+MODEL_RUNS_PATIENCE_S = 300
 
 
 def _refresh_report(context: dg.RunStatusSensorContext) -> dg.RunRequest | dg.SkipReason:
-    backfill_id = context.dagster_run.tags.get(BACKFILL_TAG)
+    tags = context.dagster_run.tags
+    backfill_id = tags.get(BACKFILL_TAG) or tags.get(AFTER_BACKFILL_TAG)
     if backfill_id:
         # A report per batch would take a run slot from the next batch: report_after_backfill
-        # refreshes it once, when the whole backfill has finished.
+        # refreshes it once, when the backfill and the model runs it led to have finished.
         return dg.SkipReason(f"run of backfill {backfill_id}: the report waits for the backfill to finish")
     return dg.RunRequest(run_key=f"report-after-{context.dagster_run.run_id}")
 
@@ -205,13 +218,28 @@ def _touches_the_chain(backfill) -> bool:
     return bool(keys & {"case_inputs", *MODEL_CHAIN_KEYS}) or backfill.job_name in (case_chain_job.name, case_inputs_job.name)
 
 
+def _settled(instance: dg.DagsterInstance, backfill, now: float) -> bool:
+    """Whether the model runs that a finished backfill led to have ended: every fetch run of it that
+    succeeded has its models_after_inputs runs (or the patience is spent), and none is still going."""
+    waited = now - (backfill.backfill_end_timestamp or backfill.backfill_timestamp)
+    if waited < MODEL_RUNS_PATIENCE_S:
+        fetch_runs = instance.get_runs(dg.RunsFilter(tags={BACKFILL_TAG: backfill.backfill_id},
+                                                     statuses=[dg.DagsterRunStatus.SUCCESS]))
+        for run in fetch_runs:
+            awaited = fetched_inputs(run) and run_cases_of(run)
+            if awaited and not instance.get_run_ids(dg.RunsFilter(tags={AFTER_RUN_TAG: run.run_id}), limit=1):
+                return False
+    going = dg.RunsFilter(tags={AFTER_BACKFILL_TAG: backfill.backfill_id}, statuses=UNFINISHED_RUNS)
+    return not instance.get_run_ids(going, limit=1)
+
+
 @dg.sensor(
     job=report_job,
     name="report_after_backfill",
     minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Refresh metrics_report once when a backfill of the case chain has finished "
-    "(its runs do not refresh it one by one).",
+    description="Refresh metrics_report and the leaderboard once when a backfill of the case chain has finished, "
+    "with the model runs that models_after_inputs started for it (their runs do not refresh it one by one).",
 )
 def report_after_backfill(context: dg.SensorEvaluationContext):
     handled = json.loads(context.cursor) if context.cursor else []
@@ -219,10 +247,13 @@ def report_after_backfill(context: dg.SensorEvaluationContext):
         filters=BulkActionsFilter(statuses=FINISHED_BACKFILLS), limit=REMEMBERED_BACKFILLS
     )
     new = [b for b in finished if b.backfill_id not in handled and _touches_the_chain(b)]
-    if not new:
-        return dg.SkipReason("no backfill of the case chain finished since the last report")
-    handled = ([b.backfill_id for b in new] + handled)[:REMEMBERED_BACKFILLS]
-    newest = max(new, key=lambda b: b.backfill_timestamp)
+    now = time.time()
+    ready = [b for b in new if _settled(context.instance, b, now)]
+    if not ready:
+        waiting = f"{len(new)} finished backfill(s) wait for their model runs" if new else "no backfill of the case chain finished"
+        return dg.SkipReason(f"{waiting} since the last report")
+    handled = ([b.backfill_id for b in ready] + handled)[:REMEMBERED_BACKFILLS]
+    newest = max(ready, key=lambda b: b.backfill_timestamp)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(run_key=f"report-after-backfill-{newest.backfill_id}")], cursor=json.dumps(handled)
     )
