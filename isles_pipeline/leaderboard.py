@@ -19,7 +19,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy.stats import wilcoxon
 
 from .formatting import fmt_metric
 from .store import CaseStore
@@ -116,6 +115,8 @@ def paired_comparison(cases: pd.DataFrame, best: str, models: list[str], complet
 
 
 def _wilcoxon_p(diff: np.ndarray) -> float:
+    from scipy.stats import wilcoxon  # half a second to import: not in every run process of the code location
+
     if diff.size == 0 or not np.any(diff != 0):
         return math.nan
     return float(wilcoxon(diff, zero_method="wilcox", alternative="two-sided").pvalue)
