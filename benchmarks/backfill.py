@@ -40,12 +40,6 @@ home, n, grid, ctp_mb = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3], float(
 sys.exit(run_demo(home, cases=n, grid=grid, ctp_mb=ctp_mb, models=["rules"]))
 """
 
-BACKFILL_RUNS = """
-query ($key: String!, $id: String!) { runsOrError(filter: {tags: [{key: $key, value: $id}]}) {
-  ... on Runs { results { runId pipelineName startTime endTime } } } }
-"""
-
-
 def time_demo(work: Path, replica: Path, n: int, grid: str, ctp_mb: float) -> float:
     """The demo on ``work``, its replica the shared one (same cases, grid and ctp size: reused)."""
     work.mkdir(parents=True)
@@ -54,10 +48,6 @@ def time_demo(work: Path, replica: Path, n: int, grid: str, ctp_mb: float) -> fl
     subprocess.run([sys.executable, "-c", DEMO_WORKER, str(work), str(n), grid, str(ctp_mb)], check=True, cwd=REPO_ROOT,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
-
-
-def _runs(client, key: str, value: str) -> list[dict]:
-    return client.execute(BACKFILL_RUNS, {"key": key, "id": value})["runsOrError"]["results"]
 
 
 def time_backfill(work: Path, replica: Path, n: int, executor: str) -> dict:
@@ -73,11 +63,11 @@ def time_backfill(work: Path, replica: Path, n: int, executor: str) -> dict:
         report_key = f"report-after-backfill-{backfill_id}"
         report = None
         while report is None and time.time() - fetched_at < 1800:
-            runs = [r for r in client.job_runs("report_job") if r["tags"].get("dagster/run_key") == report_key]
+            runs = [r for r in client.runs("report_job") if r["tags"].get("dagster/run_key") == report_key]
             report = runs[0] if runs and runs[0]["status"] in ("SUCCESS", "FAILURE") else None
             time.sleep(0.5)
-        fetch_runs = _runs(client, "dagster/backfill", backfill_id)
-        model_runs = _runs(client, "isles/after_backfill", backfill_id)
+        fetch_runs = client.runs(tags={"dagster/backfill": backfill_id})
+        model_runs = client.runs(tags={"isles/after_backfill": backfill_id})
     if report is None or report["status"] != "SUCCESS":
         raise RuntimeError(f"backfill {backfill_id}: no successful report run ({report})")
     timed = [r for r in fetch_runs + model_runs if r["endTime"] and r["startTime"]]

@@ -251,9 +251,9 @@ query RunAssets($runId: ID!) {
   }
 }"""
 
-JOB_RUNS = """
-query ($job: String!) { runsOrError(filter: {pipelineName: $job}) {
-  ... on Runs { results { runId status startTime endTime tags { key value } } } } }
+RUNS = """
+query ($filter: RunsFilter!) { runsOrError(filter: $filter) {
+  ... on Runs { results { runId pipelineName status startTime endTime tags { key value } } } } }
 """
 
 SENSOR_TICKS = """
@@ -364,9 +364,12 @@ class GraphQLClient:
             "materialized": sorted(("/".join(e["assetKey"]["path"]), e["partition"]) for e in run["assetMaterializations"]),
         }
 
-    def job_runs(self, job_name: str) -> list[dict[str, Any]]:
-        """Every run of a job: id, status, start and end times, tags."""
-        runs = self.execute(JOB_RUNS, {"job": job_name})["runsOrError"]["results"]
+    def runs(self, job_name: str | None = None, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The runs of a job and/or with these tags: id, job, status, start and end times, tags."""
+        run_filter: dict[str, Any] = {"tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]}
+        if job_name:
+            run_filter["pipelineName"] = job_name
+        runs = self.execute(RUNS, {"filter": run_filter})["runsOrError"]["results"]
         return [{**run, "tags": {tag["key"]: tag["value"] for tag in run["tags"]}} for run in runs]
 
     def sensor_ticks(self, sensor_name: str) -> list[dict[str, Any]]:

@@ -85,7 +85,7 @@ def wait_for_the_report(client, backfill_id: str, timeout_s: float = 180.0) -> t
     model run (and skipped it); return every report_job run and that sensor's skip reasons."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        runs = client.job_runs("report_job")
+        runs = client.runs("report_job")
         mine = [r for r in runs if r["tags"].get("dagster/run_key") == f"report-after-backfill-{backfill_id}"]
         skips = [t["skipReason"] or "" for t in client.sensor_ticks("report_after_success") if t["status"] == "SKIPPED"]
         if mine and mine[0]["status"] in ("SUCCESS", "FAILURE") and any(backfill_id in s for s in skips):

@@ -19,6 +19,7 @@ import dagster as dg
 
 # Not re-exported by dagster; what the webserver's backfill list reads.
 from dagster._core.execution.backfill import BulkActionsFilter, BulkActionStatus
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from ..catalogue import CASE_IDS
 from ..failures import read_failure
@@ -191,13 +192,7 @@ FINISHED_BACKFILLS = [
     BulkActionStatus.CANCELED,
 ]
 REMEMBERED_BACKFILLS = 50
-UNFINISHED_RUNS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-    dg.DagsterRunStatus.CANCELING,
-]
+UNFINISHED_RUNS = [status for status in dg.DagsterRunStatus if status not in FINISHED_STATUSES]
 # How long after a backfill ends the report waits for models_after_inputs to start the model runs
 # of its fetch runs (the sensor may be turned off; then the report is refreshed without them).
 MODEL_RUNS_PATIENCE_S = 300
