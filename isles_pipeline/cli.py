@@ -1,6 +1,7 @@
 """The ``isles-pipeline`` command: the pipeline's parts, usable one at a time outside Dagster.
 
-Each subcommand imports what it needs when it runs, so ``--help`` stays instant.
+Each subcommand imports what it needs when it runs, so ``--help`` stays instant. A command reads
+the settings (``settings.py``) when it starts; its flags override them.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .catalogue import DEFAULT_REPO_ID
+from .settings import SEGMENTERS, read_settings
 
 
 def _add_replica(sub: argparse._SubParsersAction) -> None:
@@ -88,17 +90,15 @@ def _add_fetch(sub: argparse._SubParsersAction) -> None:
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from .catalogue import shard_index
     from .inputs import fetch_case
     from .source import ShardReader, ShardSource
     from .store import CaseStore
 
     shard_index(args.case_id)  # an unknown id fails here, before any request
-    source = ShardSource.from_env()
-    overrides = {k: v for k, v in {"repo_id": args.repo, "revision": args.revision, "endpoint": args.endpoint}.items() if v}
-    result = fetch_case(ShardReader(replace(source, **overrides)), CaseStore(args.out), args.case_id, force=args.force)
+    settings = read_settings().with_values(hf_repo=args.repo, hf_revision=args.revision, hf_endpoint=args.endpoint)
+    source = ShardSource(settings.hf_repo, settings.hf_revision, settings.hf_endpoint)
+    result = fetch_case(ShardReader(source), CaseStore(args.out), args.case_id, force=args.force)
     print(json.dumps(result.summary(), indent=2))
     return 0
 
@@ -110,9 +110,10 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--image", action="append", default=[], type=_image, metavar="COLUMN=PATH",
                      help="an image by shard column (ncct, cta, tmax, mtt, cbf, cbv, dwi, adc); repeatable")
     seg.add_argument("--out", required=True, type=Path, help="predicted mask, .nii.gz")
-    seg.add_argument("--segmenter", default="rules", type=_segmenter, help="rules (weight-free), network or nnunet")
-    seg.add_argument("--device", default="auto", type=_device, help="auto, cpu or cuda[:N]")
-    seg.add_argument("--checkpoint", default=None, help="network: checkpoint path(s) or Hub model repo id; nnunet: trained-model folder or Hub repo")
+    seg.add_argument("--segmenter", default=None, type=_segmenter, help="rules (weight-free), network or nnunet (default ISLES_SEGMENTER or rules)")
+    seg.add_argument("--device", default=None, type=_device, help="auto, cpu or cuda[:N] (default ISLES_DEVICE or auto)")
+    seg.add_argument("--checkpoint", default=None, help="network: checkpoint path(s) or Hub model repo id; nnunet: trained-model folder "
+                     "or Hub repo (default ISLES_CHECKPOINT)")
     seg.add_argument("--tile-step-size", type=float, default=None, help="nnunet: sliding-window step as a fraction of the patch (default 0.5)")
     seg.add_argument("--no-mirroring", action="store_true", help="nnunet: no test-time mirroring")
     seg.add_argument("--folds", default=None, help="nnunet: folds to ensemble, e.g. 0,1 (default every fold present)")
@@ -130,8 +131,6 @@ def _image(text: str) -> tuple[str, Path]:
 
 
 def _segmenter(name: str) -> str:
-    from .segment.registry import SEGMENTERS
-
     if name not in SEGMENTERS:
         raise argparse.ArgumentTypeError(f"unknown segmenter {name!r}: expected one of {', '.join(SEGMENTERS)}")
     return name
@@ -152,6 +151,7 @@ def _segment(args: argparse.Namespace) -> int:
             paths[column] = getattr(args, column)
     if not paths:
         raise ValueError("no images given: use --dwi and --adc, or --image COLUMN=PATH")
+    settings = read_settings().with_values(segmenter=args.segmenter, checkpoint=args.checkpoint, device=args.device)
     options: dict[str, object] = {}
     if args.tile_step_size is not None:
         options["tile_step_size"] = args.tile_step_size
@@ -159,9 +159,21 @@ def _segment(args: argparse.Namespace) -> int:
         options["use_mirroring"] = False
     if args.folds:
         options["folds"] = [int(f) if f.strip().isdigit() else f.strip() for f in args.folds.split(",")]
-    summary = predict_image_files(paths, args.out, args.segmenter, args.device, args.checkpoint, **options)
+    spec = command_model(settings.segmenter, settings.checkpoint, options)
+    summary = predict_image_files(paths, args.out, spec.segmenter, settings.device, spec.checkpoint, endpoint=settings.hf_endpoint,
+                                  **spec.options)
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def command_model(segmenter: str, checkpoint: str | None, options: dict):
+    """The one model a command runs, checked as a registry entry is (``rules``, ``network:given``,
+    ``nnunet:given``)."""
+    from .models import parse_registry
+
+    name = segmenter if segmenter == "rules" else f"{segmenter}:given"
+    entry = {"name": name, **({"checkpoint": checkpoint} if checkpoint else {}), **({"options": options} if options else {})}
+    return parse_registry({"models": [entry]}, "the command's flags").models[0]
 
 
 def _add_score(sub: argparse._SubParsersAction) -> None:
@@ -210,8 +222,8 @@ def _case_count(text: str) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(args.home, cases=args.cases, grid=args.grid, ctp_mb=args.ctp_mb, segmenter=args.segmenter,
-                    models=args.models, checkpoint=args.checkpoint)
+    settings = read_settings().with_values(segmenter=args.segmenter, checkpoint=args.checkpoint)
+    return run_demo(args.home, cases=args.cases, grid=args.grid, ctp_mb=args.ctp_mb, settings=settings, models=args.models)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,63 +1,41 @@
-"""The code location: every asset, check, job, sensor and schedule, with the resources that the
-environment selects (see README: ISLES_DATA_DIR, ISLES_HF_REPO, HF_ENDPOINT, ISLES_SEGMENTER ...)."""
+"""The code location: every asset, check, job and sensor, with the resources, executor and
+automation that the settings select (``settings.py``; README: ISLES_DATA_DIR, ISLES_MODELS ...).
+
+Nothing is read when this module is imported: ``defs`` (``@dg.definitions``) builds the
+definitions when Dagster loads the code location, from the environment as it is then.
+"""
 
 import dagster as dg
 
+from .defs.automation import automation_sensors, conditions, with_conditions
 from .defs.deployment import case_chain_executor
-from .defs.jobs import CASE_CHAIN, case_inputs_job, model_chain_job, report_job
+from .defs.jobs import CASE_CHAIN, case_inputs_job, model_chain_job, observe_model_weights_job, report_job
 from .defs.leaderboard import leaderboard
-from .defs.models import MODEL_SENSORS
+from .defs.models import model_registry_sensor, model_weights_asset
 from .defs.report import metrics_report
-from .defs.resources import (
-    CaseStoreResource,
-    ModelRegistryResource,
-    SegmenterResource,
-    ShardSourceResource,
-    env_or_default,
-)
-from .defs.schedules import (
-    build_backfill_schedules,
-    report_after_backfill,
-    report_after_failure,
-    report_after_success,
-)
+from .defs.resources import resources_from
 from .defs.scoring import inputs_on_one_grid, metrics_in_range
 from .defs.training import segmenter_checkpoint, train_segmenter_job
-from .defs.upstream import (
-    UPSTREAM_ASSETS,
-    UPSTREAM_JOBS,
-    UPSTREAM_RESOURCES,
-    UPSTREAM_SENSORS,
-)
-
-# The segmenter's settings that travel as dg.EnvVar (the network options are parsed numbers).
-SEGMENTER_ENV = {"name": ("ISLES_SEGMENTER", "rules"), "device": ("ISLES_DEVICE", "auto"), "checkpoint": ("ISLES_CHECKPOINT", None)}
+from .defs.upstream import RESOURCE_KEY, UPSTREAM_ASSETS, UPSTREAM_JOBS, GitHubIssueResource, build_arrow_issue_sensor
+from .settings import Settings, read_settings
 
 
-def segmenter_resource() -> SegmenterResource:
-    parsed = SegmenterResource.from_env().model_dump()
-    travelling = {field: env_or_default(key, parsed.get(field, default)) for field, (key, default) in SEGMENTER_ENV.items()}
-    return SegmenterResource(**{**parsed, **travelling})
-
-
-def build_defs() -> dg.Definitions:
-    """Everything, with the executor and resources of ISLES_DEPLOYMENT and the schedules' cron and
-    status read now (each load of the code location), so nothing is fixed when modules import."""
+def build_defs(settings: Settings | None = None) -> dg.Definitions:
+    """Everything, for these settings (default: read from the environment now)."""
+    settings = settings or read_settings()
+    automated = conditions(settings.backfill_cron)
     return dg.Definitions(
-        assets=[*CASE_CHAIN, metrics_report, leaderboard, segmenter_checkpoint, *UPSTREAM_ASSETS],
+        assets=[*with_conditions([*CASE_CHAIN, metrics_report, leaderboard], automated),
+                model_weights_asset(automated["model_weights"]), segmenter_checkpoint, *UPSTREAM_ASSETS],
         asset_checks=[inputs_on_one_grid, metrics_in_range],
-        jobs=[case_inputs_job, model_chain_job, report_job, train_segmenter_job, *UPSTREAM_JOBS],
-        schedules=build_backfill_schedules(),
-        sensors=[*UPSTREAM_SENSORS, report_after_success, report_after_failure, report_after_backfill, *MODEL_SENSORS],
-        executor=case_chain_executor(),
-        resources={
-            **UPSTREAM_RESOURCES,
-            "shard_source": ShardSourceResource.from_env(),
-            "case_store": CaseStoreResource.from_env(),
-            "segmenter": segmenter_resource(),
-            "models": ModelRegistryResource.from_env(),
-        },
+        jobs=[case_inputs_job, model_chain_job, report_job, observe_model_weights_job, train_segmenter_job, *UPSTREAM_JOBS],
+        sensors=[model_registry_sensor, *automation_sensors(settings), build_arrow_issue_sensor(running=settings.automation)],
+        executor=case_chain_executor(settings),
+        resources={**resources_from(settings), RESOURCE_KEY: GitHubIssueResource(api_url=settings.github_api_url)},
     )
 
 
-defs = build_defs()
+@dg.definitions
+def defs() -> dg.Definitions:
+    """What ``dagster dev -w workspace.yaml`` (and ``dagster api grpc -m``) loads."""
+    return build_defs()

@@ -6,20 +6,20 @@ for each case, then metrics_report and the leaderboard into a persistent DAGSTER
 ``dagster dev -w workspace.yaml`` afterwards shows the runs, the case x model grid and metadata.
 ``--models rules,network`` compares models; a network without ``--checkpoint`` (or
 ``ISLES_CHECKPOINT``) is first trained, small, on the replica (the ``segmenter_checkpoint`` asset).
+The demo hands the definitions its settings (``build_defs``); it changes no environment variable.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 from .catalogue import CASE_IDS, DEFAULT_REPO_ID
 from .deployment import instance_config
+from .settings import Settings, read_settings
 
 
 def prepare_dagster_home(home: Path, deployment: str = "local") -> Path:
@@ -50,20 +50,6 @@ def ensure_replica(folder: Path, case_ids: list[str], grid: str, ctp_mb: float) 
     return manifest
 
 
-@contextmanager
-def environment(values: dict[str, str]):
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 DEMO_TRAINED = "network:demo"
 # A network that trains in about a minute on the CPU: coarse grid, small patches, few filters.
 DEMO_TRAINING = {"epochs": 30, "steps_per_epoch": 4, "batch_size": 4, "patch_size": [16, 16, 16], "init_filters": 8,
@@ -71,17 +57,19 @@ DEMO_TRAINING = {"epochs": 30, "steps_per_epoch": 4, "batch_size": 4, "patch_siz
 
 
 def demo_models(tokens: list[str], checkpoint: str | None) -> tuple[list, bool]:
-    """The models of ``--models`` (``rules``, ``network``, ``rules:<label>``, ``network:<label>``)
-    and whether a network must be trained first (a network without a checkpoint)."""
+    """The models of ``--models`` (``rules``, ``network``, ``nnunet`` or ``<kind>:<label>``) and
+    whether a network must be trained first (a network without a checkpoint)."""
     from .models import ModelRegistryError, ModelSpec, parse_registry
 
     specs, train = [], False
     for token in tokens:
         name = token.strip()
-        if name.split(":", 1)[0] == "network":
-            train = train or not checkpoint
-            name = name if ":" in name else (DEMO_TRAINED if not checkpoint else "network:given")
-            specs.append(ModelSpec(name, checkpoint or "<trained by the demo>"))
+        kind = name.split(":", 1)[0]
+        if kind == "network" and not checkpoint:
+            train = True
+            specs.append(ModelSpec(name if ":" in name else DEMO_TRAINED, "<trained by the demo>"))
+        elif kind in ("network", "nnunet"):
+            specs.append(ModelSpec(name if ":" in name else f"{kind}:given", checkpoint))
         else:
             specs.append(ModelSpec(name))
     if not specs:
@@ -90,17 +78,23 @@ def demo_models(tokens: list[str], checkpoint: str | None) -> tuple[list, bool]:
     return specs, train
 
 
-def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.0, segmenter: str | None = None,
-             models: list[str] | None = None, checkpoint: str | None = None) -> int:
+def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.0, settings: Settings | None = None,
+             models: list[str] | None = None) -> int:
+    """The demo on ``settings`` (default: the environment's): its ``segmenter`` and ``checkpoint``
+    (ISLES_SEGMENTER, ISLES_CHECKPOINT, or the command's flags) name the model unless ``models``
+    does, and its ``device`` runs them; where data, Hub and registry are is the demo's own."""
+    import dagster as dg
+
+    from .definitions import build_defs
+    from .demo_runner import DemoRunner
     from .hub.server import HubServer
     from .models import ModelSpec, write_registry
 
+    settings = settings or read_settings()
     home = home.resolve()
     if not 1 <= cases <= len(CASE_IDS):
         raise ValueError(f"--cases must be between 1 and {len(CASE_IDS)}, got {cases}")
-    checkpoint = checkpoint or os.environ.get("ISLES_CHECKPOINT") or None
-    tokens = models or [segmenter or os.environ.get("ISLES_SEGMENTER") or "rules"]
-    specs, train = demo_models(tokens, checkpoint)
+    specs, train = demo_models(models or [settings.segmenter], settings.checkpoint)
     if train and cases < 3:
         raise ValueError("--models with a network to train needs --cases 3 or more (or --checkpoint)")
     case_ids = list(CASE_IDS[:cases])
@@ -111,57 +105,49 @@ def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.
     registry = home / "models.yaml"
     server = HubServer(host="127.0.0.1", port=0)
     server.add_repo("dataset", DEFAULT_REPO_ID, replica)
-    with server:
+    with server, dg.DagsterInstance.from_config(str(dagster_home)) as instance:
         print(f"hub: serving {replica} at {server.url}")
-        env = {
-            "HF_ENDPOINT": server.url,
-            "ISLES_DATA_DIR": str(data_dir),
-            "DAGSTER_HOME": str(dagster_home),
-            "ISLES_HF_REPO": DEFAULT_REPO_ID,
-            "ISLES_MODELS": str(registry),
-        }
-        with environment(env):
-            fetched = []
-            if train:
-                # fetching reads the registry for the columns: the models known before training
-                write_registry(registry, [m for m in specs if m.name != DEMO_TRAINED] or [ModelSpec("rules")])
-                specs, fetched = _train_first(case_ids, specs)
-            write_registry(registry, specs)
-            print(f"models: {', '.join(m.name for m in specs)} (registry {registry})")
-            failed = _materialise(case_ids, fetched)
+        demo_settings = Settings(data_dir=str(data_dir), hf_repo=DEFAULT_REPO_ID, hf_endpoint=server.url,
+                                 models_file=str(registry), device=settings.device)
+        runner = DemoRunner(build_defs(demo_settings), instance)
+        fetched = []
+        if train:
+            # fetching reads the registry for the columns: the models known before training
+            write_registry(registry, [m for m in specs if m.name != DEMO_TRAINED] or [ModelSpec("rules")])
+            specs, fetched = _train_first(runner, case_ids, specs)
+        write_registry(registry, specs)
+        print(f"models: {', '.join(m.name for m in specs)} (registry {registry})")
+        failed = _materialise(runner, case_ids, fetched)
     _print_outcome(home, data_dir, dagster_home, failed, [m.name for m in specs])
     return 1 if failed else 0
 
 
-def _train_first(case_ids: list[str], specs: list) -> tuple[list, list[str]]:
+def _train_first(runner, case_ids: list[str], specs: list) -> tuple[list, list[str]]:
     """Fetch the cases, train the small network on all but the last two, and point the network
     model at the checkpoint."""
     from dataclasses import replace
 
-    from .defs.runner import fetch_cases, train_network
-
     print(f"network: no checkpoint given; training a small one on {len(case_ids) - 2} replica cases first ...", flush=True)
-    failed = fetch_cases(case_ids)
+    failed = runner.fetch_cases(case_ids)
     usable = [c for c in case_ids if c not in failed]
     if len(usable) < 3:
         raise RuntimeError(f"training needs 3 fetched cases, got {len(usable)} (failed: {', '.join(failed)})")
     started = time.perf_counter()
-    checkpoint, held_out_dice = train_network(usable[:-2], usable[-2:], DEMO_TRAINING)
+    checkpoint, held_out_dice = runner.train_network(usable[:-2], usable[-2:], DEMO_TRAINING)
     print(f"network: trained in {time.perf_counter() - started:.0f} s, held-out Dice {held_out_dice:.3f}; {checkpoint}")
     return [replace(m, checkpoint=checkpoint) if m.name == DEMO_TRAINED else m for m in specs], usable
 
 
-def _materialise(case_ids: list[str], fetched: list[str]) -> list[str]:
+def _materialise(runner, case_ids: list[str], fetched: list[str]) -> list[str]:
     """Run the chain for each case with every model, then the report and the leaderboard; return
     the cases that failed."""
-    from .defs.runner import materialise_cases, materialise_reports
-
     started, failed = time.perf_counter(), []
+    models = runner.register_models()
     for index, case_id in enumerate(case_ids, start=1):
-        line = materialise_cases([case_id], fetch=case_id not in fetched)
+        line = runner.materialise_cases([case_id], models, fetch=case_id not in fetched)
         failed += line.failed
         print(f"[{index}/{len(case_ids)}] {line.text}  ({time.perf_counter() - started:.0f} s)", flush=True)
-    summaries = materialise_reports()
+    summaries = runner.materialise_reports()
     print()
     print(summaries["metrics_report"])
     print(_without_images(summaries["leaderboard"]))

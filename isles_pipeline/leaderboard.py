@@ -66,7 +66,9 @@ def _summary(cases: pd.DataFrame, models: list[str], failures: Mapping[str, Mapp
     rows = {}
     for model in models:
         mine = cases[cases.model == model]
-        row: dict[str, float | int] = {"n": len(mine), "failed": len(failures.get(model, {}))}
+        row: dict[str, float | int | str] = {"n": len(mine), "failed": len(failures.get(model, {})),
+                                             "dataset_revisions": _distinct(mine, "dataset_revision"),
+                                             "fingerprints": _distinct(mine, "fingerprint")}
         for metric in RANKED_METRICS:
             values = mine[metric].astype(float).to_numpy() if len(mine) else np.array([])
             q1, median, q3 = np.percentile(values, (25, 50, 75)) if values.size else (math.nan,) * 3
@@ -74,6 +76,11 @@ def _summary(cases: pd.DataFrame, models: list[str], failures: Mapping[str, Mapp
                     f"{metric}_q1": float(q1), f"{metric}_q3": float(q3), f"{metric}_iqr": float(q3 - q1)}
         rows[model] = row
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
+
+
+def _distinct(cases: pd.DataFrame, column: str) -> str:
+    """What the rows were computed from: the distinct values of ``column``, comma-separated."""
+    return ", ".join(sorted({str(v) for v in cases[column].dropna() if str(v)})) if column in cases else ""
 
 
 def mean_ranks(cases: pd.DataFrame, models: list[str]) -> pd.DataFrame:
@@ -136,6 +143,7 @@ def display_rows(board: Leaderboard) -> list[dict]:
         for metric in SHOWN:
             shown[f"{metric} mean"] = fmt_metric(metric, row[f"{metric}_mean"])
             shown[f"{metric} median [IQR]"] = f"{fmt_metric(metric, row[f'{metric}_median'])} [{fmt_metric(metric, row[f'{metric}_iqr'])}]"
+        shown |= {"dataset revision": str(row.dataset_revisions), "fingerprints": str(row.fingerprints)}
         rows.append(shown)
     return rows
 

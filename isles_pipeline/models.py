@@ -2,15 +2,15 @@
 
 A model is ``rules``, ``network:<label>`` or ``nnunet:<label>``: the segmenter before the colon,
 its checkpoint and options after. The registry is the file ``ISLES_MODELS`` names, else
-``./models.yaml``, else the built-in ``rules`` alone (see ``models.example.yaml``). Predictions
-and metrics are kept per (case, model), so each name must stay bound to one setting: the
-fingerprint (a hash of the settings) is recorded beside every prediction to show which one made it.
+``./models.yaml``, else the one model ``ISLES_SEGMENTER``/``ISLES_CHECKPOINT`` name (the built-in
+``rules`` by default; see ``models.example.yaml``). Every option is checked against its
+segmenter's when the registry loads (``segment/options.py``). Predictions and metrics are kept per
+(case, model); the fingerprint of the model's weights and settings (``weights.py``) is recorded
+beside every prediction to show which one made it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-MODELS_ENV = "ISLES_MODELS"
+from .segment.options import OptionError, check_options
+
 DEFAULT_REGISTRY = "models.yaml"
 SEGMENTER_KINDS = ("rules", "network", "nnunet")
 # Labels become folder names and partition keys: lower-case letters, digits, '.', '-'.
@@ -48,22 +49,17 @@ class ModelSpec:
         """The name as a folder name (labels have no '_', so the slug is unambiguous)."""
         return slug_of(self.name)
 
-    @property
-    def fingerprint(self) -> str:
-        """sha256 (16 hex digits) of what decides the predictions: segmenter, checkpoint, options."""
-        settings = {"segmenter": self.segmenter, "checkpoint": self.checkpoint, "options": self.options}
-        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
     def input_columns(self) -> tuple[str, ...]:
         from .segment.channels import input_columns_for
 
         return tuple(input_columns_for(self.segmenter, self.checkpoint))
 
-    def make(self, device: str = "auto"):
-        """The segmenter (torch is imported here, not when the registry is read)."""
+    def make(self, device: str = "auto", endpoint: str | None = None):
+        """The segmenter (torch is imported here, not when the registry is read); ``endpoint``:
+        the Hub of a Hub checkpoint."""
         from .segment.registry import make_segmenter
 
-        return make_segmenter(self.segmenter, device=device, checkpoint=self.checkpoint, **self.options)
+        return make_segmenter(self.segmenter, device=device, checkpoint=self.checkpoint, endpoint=endpoint, **self.options)
 
 
 BUILT_IN = (ModelSpec("rules", description="the weight-free DWI/ADC rule"),)
@@ -93,17 +89,24 @@ class ModelRegistry:
 
 
 def registry_path(path: str | os.PathLike[str] | None = None) -> Path | None:
-    """The registry file in use: ``path``, else ``ISLES_MODELS``, else ``./models.yaml`` if present."""
-    chosen = path or os.environ.get(MODELS_ENV, "").strip()
-    if chosen:
-        return Path(chosen)
+    """The registry file in use: ``path``, else ``./models.yaml`` if present, else None."""
+    if path:
+        return Path(path)
     return Path(DEFAULT_REGISTRY) if Path(DEFAULT_REGISTRY).is_file() else None
 
 
-def load_registry(path: str | os.PathLike[str] | None = None) -> ModelRegistry:
+def load_registry(path: str | os.PathLike[str] | None = None, segmenter: str = "rules", checkpoint: str | None = None) -> ModelRegistry:
+    """The registry file (see :func:`registry_path`), else the one model ``segmenter`` and
+    ``checkpoint`` name (``ISLES_SEGMENTER``/``ISLES_CHECKPOINT``). Naming a model both ways is
+    refused: one of the two would do nothing."""
     where = registry_path(path)
     if where is None:
-        return environment_registry()
+        return shorthand_registry(segmenter, checkpoint)
+    if segmenter != "rules" or checkpoint:
+        raise ModelRegistryError(
+            f"model registry {where} is in use: ISLES_SEGMENTER={segmenter!r} / ISLES_CHECKPOINT={checkpoint!r} would do "
+            "nothing; register the model in the file, or unset ISLES_MODELS (and move ./models.yaml away)"
+        )
     try:
         document = yaml.safe_load(where.read_text())
     except FileNotFoundError:
@@ -113,18 +116,17 @@ def load_registry(path: str | os.PathLike[str] | None = None) -> ModelRegistry:
     return parse_registry(document, str(where))
 
 
-def environment_registry() -> ModelRegistry:
-    """Without a registry file: the one model ``ISLES_SEGMENTER`` / ``ISLES_CHECKPOINT`` name
-    (``network:given`` or ``nnunet:given``, as the demo calls it), else the built-in ``rules``."""
-    segmenter = os.environ.get("ISLES_SEGMENTER", "").strip() or "rules"
-    if segmenter == "rules":
+def shorthand_registry(segmenter: str = "rules", checkpoint: str | None = None) -> ModelRegistry:
+    """Without a registry file: ``rules`` alone, or the one model ``network:given`` /
+    ``nnunet:given`` of ``checkpoint``."""
+    if segmenter == "rules" and not checkpoint:
         return ModelRegistry(BUILT_IN)
-    checkpoint = os.environ.get("ISLES_CHECKPOINT", "").strip()
     if segmenter not in ("network", "nnunet") or not checkpoint:
         raise ModelRegistryError(
-            f"ISLES_SEGMENTER={segmenter!r} without a registry file: expected rules, or network/nnunet with ISLES_CHECKPOINT set"
+            f"ISLES_SEGMENTER={segmenter!r} with ISLES_CHECKPOINT={checkpoint!r} and no registry file: expected rules "
+            "(no checkpoint), or network/nnunet with ISLES_CHECKPOINT set"
         )
-    return ModelRegistry((ModelSpec(f"{segmenter}:given", checkpoint=checkpoint),), "ISLES_SEGMENTER")
+    return parse_registry({"models": [{"name": f"{segmenter}:given", "checkpoint": checkpoint}]}, "ISLES_SEGMENTER")
 
 
 def parse_registry(document: Any, source: str = "<yaml>") -> ModelRegistry:
@@ -158,6 +160,12 @@ def _spec(entry: Any, index: int, source: str) -> ModelSpec:
     kind = name.split(":", 1)[0]
     if kind in ("network", "nnunet") and not checkpoint:
         raise ModelRegistryError(f"{where}: a {kind} model needs a checkpoint")
+    if kind == "rules" and checkpoint:
+        raise ModelRegistryError(f"{where}: the rules segmenter reads no checkpoint")
+    try:
+        check_options(kind, options)
+    except OptionError as exc:
+        raise ModelRegistryError(f"{where}: {exc}") from None
     return ModelSpec(name, checkpoint, dict(options), str(entry.get("description") or ""))
 
 

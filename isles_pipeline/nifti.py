@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,8 +28,6 @@ import numpy as np
 GZIP_MAGIC = b"\x1f\x8b"
 # Affines of co-registered volumes agree to float32 rounding; 1e-3 mm tolerates that, not a shift.
 AFFINE_ATOL_MM = 1e-3
-# 512^3: above every real grid (ISLES'24 is about 512 x 512 x 80), far below what exhausts memory.
-DEFAULT_MAX_VOXELS = 512**3
 MAX_VOXELS_ENV = "ISLES_MAX_VOXELS"
 HEADER_BYTES = {348: nib.Nifti1Header, 540: nib.Nifti2Header}
 NIFTI_MAGIC = (b"n+1", b"n+2")  # single-file NIfTI-1 and NIfTI-2 (a .hdr/.img pair cannot be one cell)
@@ -69,17 +66,10 @@ def voxel_volume_ml(affine: np.ndarray) -> float:
 
 
 def max_voxels() -> int:
-    """The voxel budget per image: ``ISLES_MAX_VOXELS``, else 512^3."""
-    text = os.environ.get(MAX_VOXELS_ENV, "").strip()
-    if not text:
-        return DEFAULT_MAX_VOXELS
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{MAX_VOXELS_ENV}={text!r}: expected a positive integer") from None
-    if value < 1:
-        raise ValueError(f"{MAX_VOXELS_ENV}={text!r}: expected a positive integer")
-    return value
+    """The voxel budget per image: ``ISLES_MAX_VOXELS``, else 512^3 (read by settings.py)."""
+    from .settings import input_limits
+
+    return input_limits().max_voxels
 
 
 # ------------------------------------------------------------------------------------ headers

@@ -36,8 +36,6 @@ from .hub_client import bound_client_timeouts, check_resolvable, classify, hub_f
 from .retry import call_with_retries
 
 MASK_COLUMN = "lesion_mask"
-# The three images of a real case are about 50 MB; a shard needing 10x that is not a case.
-DEFAULT_MAX_READ_MB = 512
 # Column chunks less than this apart are fetched in one request (the gap is read and wasted).
 MERGE_GAP = 64 * 1024
 MAX_READ_ENV = "ISLES_MAX_READ_MB"
@@ -59,19 +57,11 @@ class ShardSource:
 
     repo_id: str = DEFAULT_REPO_ID
     revision: str = "main"
-    endpoint: str | None = None  # None: HF_ENDPOINT, else the public Hub
-
-    @classmethod
-    def from_env(cls) -> ShardSource:
-        return cls(
-            repo_id=os.environ.get("ISLES_HF_REPO", DEFAULT_REPO_ID),
-            revision=os.environ.get("ISLES_HF_REVISION", "main"),
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-        )
+    endpoint: str | None = None  # None: the public Hub (HF_ENDPOINT is read by settings.py)
 
     @property
     def resolved_endpoint(self) -> str:
-        return (self.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        return (self.endpoint or "https://huggingface.co").rstrip("/")
 
 
 @dataclass(frozen=True)
@@ -113,19 +103,17 @@ class CaseShard:
 
 
 def max_read_bytes() -> int:
-    text = os.environ.get(MAX_READ_ENV, "").strip()
-    try:
-        megabytes = float(text) if text else DEFAULT_MAX_READ_MB
-    except ValueError:
-        raise ValueError(f"{MAX_READ_ENV}={text!r}: expected a number of MB") from None
-    return int(megabytes * 2**20)
+    """``ISLES_MAX_READ_MB`` in bytes, else 512 MB (read by settings.py)."""
+    from .settings import input_limits
+
+    return input_limits().max_read_bytes
 
 
 class ShardReader:
     """Reads cases from a dataset repo of one-case parquet shards."""
 
     def __init__(self, source: ShardSource | None = None):
-        self.source = source or ShardSource.from_env()
+        self.source = source or ShardSource()
         self._fs: HfFileSystem | None = None
         self._commit: str | None = None
 

@@ -34,7 +34,7 @@ from typing import Any
 
 from isles_pipeline.catalogue import DEFAULT_REPO_ID
 from isles_pipeline.demo import prepare_dagster_home
-from isles_pipeline.deployment import postgres_configured
+from isles_pipeline.settings import postgres_configured
 from isles_pipeline_tests.postgres import fresh_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from isles_pipeline.deployment import postgres_configured
+from isles_pipeline.settings import postgres_configured
 
 needs_postgres = pytest.mark.skipif(
     not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash .ci/postgres)\")"

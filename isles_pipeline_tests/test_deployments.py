@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import dagster as dg
@@ -16,43 +13,30 @@ import pytest
 from isles_pipeline.catalogue import CASE_IDS
 from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.cases import case_inputs
-from isles_pipeline.defs.deployment import case_chain_executor, case_prediction_op_tags
 from isles_pipeline.defs.jobs import MODEL_CHAIN
-from isles_pipeline.defs.partitions import case_model_key, sync_models
+from isles_pipeline.defs.partitions import case_model_key
 from isles_pipeline.defs.report import metrics_report
 from isles_pipeline.deployment import instance_config
-from isles_pipeline_tests.chain import resources_for
+from isles_pipeline.settings import SettingsError, read_settings
+from isles_pipeline_tests.chain import register_models, resources_for
 
 from .dagster_dev import free_port
 from .postgres import fresh_database, needs_postgres
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 CASE = CASE_IDS[0]
 
 
 def test_the_switch_selects_the_executor(monkeypatch):
     monkeypatch.delenv("ISLES_DEPLOYMENT", raising=False)
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert case_chain_executor().name == "in_process"
     assert build_defs().resolve_job_def("model_chain").executor_def.name == "in_process"
     monkeypatch.setenv("ISLES_DEPLOYMENT", "cluster")
     assert build_defs().resolve_job_def("model_chain").executor_def.name == "multiprocess"
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
-    assert case_chain_executor().name == "k8s"
+    assert build_defs().resolve_job_def("model_chain").executor_def.name == "k8s"
     monkeypatch.setenv("ISLES_DEPLOYMENT", "laptop")
-    with pytest.raises(ValueError, match="ISLES_DEPLOYMENT='laptop': expected one of local, cluster"):
-        case_chain_executor()
-
-
-def test_cron_and_automation_are_read_when_the_definitions_are_built(monkeypatch):
-    monkeypatch.delenv("ISLES_AUTOMATION", raising=False)
-    monkeypatch.delenv("ISLES_BACKFILL_CRON", raising=False)
-    schedule = build_defs().get_schedule_def("case_backfill_schedule")
-    assert (schedule.cron_schedule, schedule.default_status) == ("0 2 * * *", dg.DefaultScheduleStatus.STOPPED)
-    monkeypatch.setenv("ISLES_AUTOMATION", "on")
-    monkeypatch.setenv("ISLES_BACKFILL_CRON", "30 3 * * 1")
-    schedule = build_defs().get_schedule_def("case_backfill_schedule")
-    assert (schedule.cron_schedule, schedule.default_status) == ("30 3 * * 1", dg.DefaultScheduleStatus.RUNNING)
+    with pytest.raises(SettingsError, match="ISLES_DEPLOYMENT='laptop': expected one of local, cluster"):
+        build_defs()
 
 
 def _chain_files(root: Path) -> set[str]:
@@ -76,26 +60,21 @@ def test_the_run_config_wins_over_a_workers_environment(hub, tmp_path, monkeypat
     assert _chain_files(worker_dir) == _chain_files(launcher_dir)
 
 
-def test_case_prediction_pod_asks_for_a_gpu_node_through_dagster_k8s(tmp_path):
-    """The pod spec as the k8s job executor builds it, from the step's tags in a cluster deployment."""
-    script = """
-import json
-from dagster._core.execution.api import create_execution_plan
-from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
-from isles_pipeline.definitions import defs
-plans = {"case_inputs": create_execution_plan(defs.resolve_job_def("case_inputs_job")),
-         "case_prediction": create_execution_plan(defs.resolve_job_def("model_chain"))}
-pods = {}
-for key in ("case_inputs", "case_prediction"):
-    config = get_user_defined_k8s_config(plans[key].get_step_by_key(key).tags)
-    job = construct_dagster_k8s_job(DagsterK8sJobConfig(job_image="isles:test", dagster_home="/opt/dagster/dagster_home"),
-                                    ["dagster", "api", "execute_step"], f"{key.replace('_', '-')}-step", user_defined_k8s_config=config)
-    pods[key] = job.to_dict()["spec"]["template"]["spec"]
-print(json.dumps(pods, default=str))
-"""
-    env = {**os.environ, "ISLES_DEPLOYMENT": "cluster", "PYTHONPATH": str(REPO_ROOT)}
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, cwd=tmp_path)
-    pods = json.loads(out.stdout.strip().splitlines()[-1])
+def test_case_prediction_pod_asks_for_a_gpu_node_through_dagster_k8s(monkeypatch):
+    """The pods as dagster-k8s renders them from the k8s executor's per-step config (what its step
+    handler merges into each step's pod), in a cluster deployment inside Kubernetes."""
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    monkeypatch.setenv("ISLES_DEPLOYMENT", "cluster")
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    executor = build_defs().resolve_job_def("model_chain").executor_def
+    per_step = executor.config_schema.resolve_config({}).value["config"]["per_step_k8s_config"]
+    pods = {}
+    for step in ("case_inputs", "case_prediction"):
+        job = construct_dagster_k8s_job(DagsterK8sJobConfig(job_image="isles:test", dagster_home="/opt/dagster/dagster_home"),
+                                        ["dagster", "api", "execute_step"], f"{step.replace('_', '-')}-step",
+                                        user_defined_k8s_config=UserDefinedDagsterK8sConfig.from_dict(per_step.get(step, {})))
+        pods[step] = job.to_dict()["spec"]["template"]["spec"]
     gpu_pod = pods["case_prediction"]
     assert gpu_pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert gpu_pod["containers"][0]["resources"]["requests"]["nvidia.com/gpu"] == "1"
@@ -103,12 +82,12 @@ print(json.dumps(pods, default=str))
     assert gpu_pod["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists", "toleration_seconds": None, "value": None}]
     assert pods["case_inputs"]["containers"][0]["resources"] == {"claims": None, "limits": None, "requests": None}
     assert pods["case_inputs"]["node_selector"] is None
-    assert case_prediction_op_tags("local") is None
+    assert read_settings().on_kubernetes
 
 
 def run_chain(instance: dg.DagsterInstance, resources: dict, case_id: str) -> None:
     """The case's inputs, then the built-in rules model on it."""
-    sync_models(instance, ["rules"])
+    register_models(instance, ["rules"])
     assert dg.materialize([case_inputs], partition_key=case_id, instance=instance, resources=resources).success
     assert dg.materialize(MODEL_CHAIN, partition_key=case_model_key(case_id, "rules"), instance=instance, resources=resources).success
 

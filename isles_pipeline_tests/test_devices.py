@@ -14,9 +14,10 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from isles_pipeline.defs.resources import SegmenterResource
+from isles_pipeline.defs.resources import ModelRegistryResource
 from isles_pipeline.predict import predict
 from isles_pipeline.segment.network import NetworkSegmenter
+from isles_pipeline_tests.chain import register_models
 
 
 class _Lesion(torch.nn.Module):
@@ -65,22 +66,18 @@ def test_an_out_of_memory_fallback_is_recorded_with_the_device_that_ran():
     assert int(np.asarray(result.mask.dataobj).sum()) == 4 * 4 * 3
 
 
-class _OutOfMemoryResource(SegmenterResource):
-    """The segmenter resource, handing out the segmenter above (built once per run, as get() does)."""
-
-    def get(self):
-        if self._segmenter is None:
-            self._segmenter = _CudaOutOfMemory()
-        return self._segmenter
+class _OutOfMemoryModels(ModelRegistryResource):
+    """The registry resource, building the segmenter above for the registered model (once per run,
+    as ``case_prediction`` builds each model)."""
 
     def build(self, spec):
-        return self.get()
+        return _CudaOutOfMemory()
 
 
 def test_case_prediction_metadata_and_prediction_json_carry_the_fallback(hub, tmp_path):
     from isles_pipeline.catalogue import DEFAULT_REPO_ID
-    from isles_pipeline.defs.partitions import case_model_key, sync_models
-    from isles_pipeline.defs.resources import CaseStoreResource, ModelRegistryResource
+    from isles_pipeline.defs.partitions import case_model_key
+    from isles_pipeline.defs.resources import CaseStoreResource
     from isles_pipeline.defs.segmentation import PREDICTION_INFO_FILE, case_prediction
     from isles_pipeline.inputs import fetch_case
     from isles_pipeline.models import result_path
@@ -91,10 +88,9 @@ def test_case_prediction_metadata_and_prediction_json_carry_the_fallback(hub, tm
     store = CaseStore(tmp_path)
     fetch_case(ShardReader(ShardSource(DEFAULT_REPO_ID, "main", hub.url)), store, case_id)
     with dg.instance_for_test() as instance:
-        sync_models(instance, ["rules"])
+        register_models(instance, ["rules"])
         result = dg.materialize([case_prediction], partition_key=case_model_key(case_id, "rules"), instance=instance,
-                                resources={"case_store": CaseStoreResource(data_dir=str(tmp_path)), "segmenter": _OutOfMemoryResource(),
-                                           "models": ModelRegistryResource()})
+                                resources={"case_store": CaseStoreResource(data_dir=str(tmp_path)), "models": _OutOfMemoryModels()})
         assert result.success
         event = result.asset_materializations_for_node("case_prediction")[0]
     metadata = {key: getattr(value, "value", value) for key, value in event.metadata.items()}

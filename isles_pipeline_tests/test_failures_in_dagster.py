@@ -9,13 +9,13 @@ import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
 from isles_pipeline.defs.cases import case_inputs
-from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, sync_models
+from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key
 from isles_pipeline.defs.segmentation import case_prediction
 from isles_pipeline.failures import read_failure
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.store import CaseStore
-from isles_pipeline_tests.chain import resources_for
+from isles_pipeline_tests.chain import register_models, resources_for
 
 CLIENT_RETRIES = 5
 GOOD, BAD, FLAKY = CASE_IDS[:3]
@@ -89,7 +89,7 @@ def test_bad_data_in_one_case_runs_is_not_retried(mixed_hub, tmp_path, instance)
 
 @pytest.mark.timeout(120)
 def test_missing_inputs_an_unknown_host_and_an_unwritable_store_fail_at_once(hub, tmp_path, instance):
-    sync_models(instance, ["rules"])
+    register_models(instance, ["rules"])
     missing = dg.materialize([case_prediction], partition_key=case_model_key(GOOD, "rules"), instance=instance,
                              resources=resources_for(hub.url, tmp_path / "empty"), raise_on_error=False)
     assert events(missing, "STEP_UP_FOR_RETRY") == []

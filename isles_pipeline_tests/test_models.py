@@ -3,12 +3,11 @@
 import pytest
 
 from isles_pipeline.models import ModelRegistryError, ModelSpec, load_registry, parse_registry, write_registry
+from isles_pipeline.weights import fingerprint
 
 
 def test_built_in_registry_is_rules_alone(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ISLES_MODELS", raising=False)
-    monkeypatch.delenv("ISLES_SEGMENTER", raising=False)
     registry = load_registry()
     assert registry.names == ["rules"]
     assert registry.input_columns() == ("dwi", "adc", "lesion_mask")
@@ -16,14 +15,18 @@ def test_built_in_registry_is_rules_alone(tmp_path, monkeypatch) -> None:
 
 def test_without_a_registry_file_isles_segmenter_names_the_one_model(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ISLES_MODELS", raising=False)
-    monkeypatch.setenv("ISLES_SEGMENTER", "nnunet")
-    monkeypatch.setenv("ISLES_CHECKPOINT", str(tmp_path / "Dataset501_Tiny"))
-    registry = load_registry()
+    registry = load_registry(segmenter="nnunet", checkpoint=str(tmp_path / "Dataset501_Tiny"))
     assert registry.names == ["nnunet:given"] and registry.get("nnunet:given").checkpoint == str(tmp_path / "Dataset501_Tiny")
-    monkeypatch.delenv("ISLES_CHECKPOINT")
-    with pytest.raises(ModelRegistryError, match="ISLES_SEGMENTER='nnunet' without a registry file: expected rules, or network/nnunet with ISLES_CHECKPOINT set"):
-        load_registry()
+    with pytest.raises(ModelRegistryError, match="ISLES_SEGMENTER='nnunet' with ISLES_CHECKPOINT=None and no registry file: expected rules"):
+        load_registry(segmenter="nnunet")
+    with pytest.raises(ModelRegistryError, match="ISLES_SEGMENTER='rules' with ISLES_CHECKPOINT='x.ts'"):
+        load_registry(checkpoint="x.ts")
+
+
+def test_a_registry_file_and_isles_segmenter_together_are_refused(tmp_path) -> None:
+    path = write_registry(tmp_path / "models.yaml", [ModelSpec("rules")])
+    with pytest.raises(ModelRegistryError, match=r"is in use: ISLES_SEGMENTER='network' / ISLES_CHECKPOINT='m.ts' would do nothing"):
+        load_registry(path, segmenter="network", checkpoint="m.ts")
 
 
 def test_registry_file_round_trips(tmp_path) -> None:
@@ -35,12 +38,22 @@ def test_registry_file_round_trips(tmp_path) -> None:
     assert registry.get("network:small").segmenter == "network"
 
 
-def test_fingerprint_follows_the_settings() -> None:
-    a = ModelSpec("network:a", "x.ts", {"overlap": 0.5})
-    assert a.fingerprint == ModelSpec("network:a", "x.ts", {"overlap": 0.5}, "other description").fingerprint
-    assert a.fingerprint != ModelSpec("network:a", "x.ts", {"overlap": 0.25}).fingerprint
-    assert a.fingerprint != ModelSpec("network:a", "y.ts", {"overlap": 0.5}).fingerprint
-    assert len(a.fingerprint) == 16
+def test_fingerprint_follows_the_settings_and_the_weights_not_their_path(tmp_path) -> None:
+    a = ModelSpec("rules:a", options={"dwi_factor": 1.5})
+    assert fingerprint(a) == fingerprint(ModelSpec("rules:a", options={"dwi_factor": 1.5}, description="other"))
+    assert fingerprint(a).value != fingerprint(ModelSpec("rules:a", options={"dwi_factor": 1.6})).value
+    assert len(fingerprint(a).value) == 16 and fingerprint(a).weights == ""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.ts").write_bytes(b"weights v1")
+    one, two = (ModelSpec("network:n", str(tmp_path / f / "model.ts")) for f in ("one", "two"))
+    assert fingerprint(one) == fingerprint(two)  # the same weights elsewhere: the same model
+    before = fingerprint(one)
+    (tmp_path / "one" / "model.json").write_text('{"roi_size": [16, 16, 16]}')  # a sidecar decides settings too
+    with_sidecar = fingerprint(one)
+    (tmp_path / "one" / "model.ts").write_bytes(b"weights v2")  # retrained into the same path
+    assert len({before.value, with_sidecar.value, fingerprint(one).value}) == 3
+    assert fingerprint(one).weights.startswith("sha256:")
 
 
 @pytest.mark.parametrize(
@@ -52,6 +65,18 @@ def test_fingerprint_follows_the_settings() -> None:
         ({"models": [{"name": "rules", "chekpoint": "x"}]}, "model 'rules' (<yaml>): unknown key(s) chekpoint"),
         ({"models": [{"name": "rules", "options": [1]}]}, "model 'rules' (<yaml>): options must be a mapping"),
         ({"models": []}, "model registry <yaml>: expected a non-empty list under 'models:'"),
+        ({"models": [{"name": "network:a", "checkpoint": "m.ts", "options": {"roi": [96, 96, 64]}}]},
+         "model 'network:a' (<yaml>): option roi: unknown to the network segmenter; its options: target_spacing, roi_size"),
+        ({"models": [{"name": "network:a", "checkpoint": "m.ts", "options": {"roi_size": [96, 64]}}]},
+         "model 'network:a' (<yaml>): option roi_size: List should have at least 3 items"),
+        ({"models": [{"name": "network:a", "checkpoint": "m.ts", "options": {"overlap": 1.5}}]},
+         "model 'network:a' (<yaml>): option overlap: Input should be less than 1 (got 1.5)"),
+        ({"models": [{"name": "nnunet:a", "checkpoint": "f", "options": {"folds": [0, "x"]}}]},
+         "model 'nnunet:a' (<yaml>): option folds: "),
+        ({"models": [{"name": "nnunet:a", "checkpoint": "f", "options": {"use_mirroring": "no"}}]},
+         "model 'nnunet:a' (<yaml>): option use_mirroring: Input should be a valid boolean (got 'no')"),
+        ({"models": [{"name": "rules:a", "options": {"adc_low": 0.7}}]}, "model 'rules:a' (<yaml>): need 0 <= adc_low < adc_high"),
+        ({"models": [{"name": "rules:a", "checkpoint": "m.ts"}]}, "model 'rules:a' (<yaml>): the rules segmenter reads no checkpoint"),
     ],
 )
 def test_bad_entries_are_one_line_naming_the_model(document, message) -> None:

@@ -13,19 +13,17 @@ import pandas as pd
 import pytest
 
 from isles_pipeline.catalogue import CASE_IDS
-from isles_pipeline.definitions import defs
+from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.jobs import MODEL_CHAIN
 from isles_pipeline.defs.leaderboard import leaderboard
-from isles_pipeline.defs.partitions import case_model_key, range_tags, sync_models
+from isles_pipeline.defs.partitions import case_model_key, range_tags
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.defs.resources import (
-    ModelRegistryResource,
-)
-from isles_pipeline.defs.schedules import model_backfill_schedule, plan_backfill
 from isles_pipeline.leaderboard import RANKED_METRICS
 from isles_pipeline.models import ModelSpec, write_registry
-from isles_pipeline_tests.chain import resources_for
+from isles_pipeline.settings import Settings
+from isles_pipeline.weights import fingerprint
+from isles_pipeline_tests.chain import Automation, observe_models, register_models, resources_for
 
 CASES = list(CASE_IDS[:3])
 RULES = ModelSpec("rules")
@@ -44,7 +42,8 @@ def metadata_of(result: dg.ExecuteInProcessResult, asset: str) -> dict:
 
 
 def run_models(instance, resources, names: list[str]) -> None:
-    sync_models(instance, names)
+    register_models(instance, names)
+    observe_models(instance, resources)
     for name in names:
         assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, tags=range_tags(CASES, name)).success, name
 
@@ -60,6 +59,7 @@ def two_models(hub, tmp_path):
 
 
 def test_definitions_grid_is_case_by_model():
+    defs = build_defs(Settings())
     prediction = defs.resolve_assets_def("case_prediction")
     dimensions = {d.name: d.partitions_def for d in prediction.partitions_def.partitions_defs}
     assert set(dimensions) == {"case", "model"}
@@ -67,7 +67,8 @@ def test_definitions_grid_is_case_by_model():
     assert isinstance(dimensions["model"], dg.DynamicPartitionsDefinition) and dimensions["model"].name == "models"
     assert defs.resolve_assets_def("case_inputs").partitions_def.get_partition_keys() == list(CASE_IDS)
     upstream = {k.to_user_string() for k in defs.resolve_assets_def("case_prediction").dependency_keys}
-    assert upstream == {"case_inputs", "segmenter_checkpoint"}
+    assert upstream == {"case_inputs", "model_weights", "segmenter_checkpoint"}
+    assert {k.to_user_string() for k in defs.resolve_assets_def("case_metrics").dependency_keys} == {"case_prediction", "model_weights"}
 
 
 def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_means(two_models):
@@ -78,7 +79,7 @@ def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_me
         for model in (RULES, LOOSE):
             assert count(instance, "case_metrics", case_model_key(case_id, model.name)) == 1
             record = json.loads((data / "cases" / case_id / "models" / model.slug / "metrics.json").read_text())
-            assert (record["model"], record["fingerprint"]) == (model.name, model.fingerprint)
+            assert (record["model"], record["fingerprint"]) == (model.name, fingerprint(model).value)
     # the UI shows Dice to 3 decimals and volumes to 2; metrics.json keeps every digit
     for case_id in CASES:
         key = case_model_key(case_id, LOOSE.name)
@@ -97,6 +98,10 @@ def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_me
     meta = metadata_of(result, "leaderboard")
     table = pd.read_parquet(data / "leaderboard" / "leaderboard.parquet").set_index("model")
     assert sorted(table.index) == sorted([RULES.name, LOOSE.name]) and meta["complete_cases"] == 3
+    # each row names what it was computed from: the dataset revision and the model's fingerprint
+    revision = json.loads((data / "cases" / CASES[0] / "source.json").read_text())["revision"]
+    assert set(table.dataset_revisions) == {revision} and len(revision) == 40
+    assert {m.name: table.loc[m.name, "fingerprints"] for m in (RULES, LOOSE)} == {m.name: fingerprint(m).value for m in (RULES, LOOSE)}
     for model in (RULES, LOOSE):
         records = [json.loads((data / "cases" / c / "models" / model.slug / "metrics.json").read_text()) for c in CASES]
         assert table.loc[model.name, "n"] == 3 and table.loc[model.name, "failed"] == 0
@@ -115,21 +120,21 @@ def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_me
 
 def test_a_third_model_materialises_only_its_partitions(two_models):
     instance, resources, tmp_path = two_models
-    store = resources["case_store"].store()
-    assert plan_backfill(instance, store, [RULES.name, LOOSE.name]).model_partitions == 0
     registry = write_registry(tmp_path / "models.yaml", [RULES, LOOSE, STRICT])
-    resources = {**resources, "models": ModelRegistryResource(path=str(registry))}
-    tick = datetime(2026, 12, 3, 2, 0, tzinfo=timezone.utc)
-    with dg.build_schedule_context(instance=instance, scheduled_execution_time=tick, resources={k: resources[k] for k in ("case_store", "models")},
-                                   repository_def=defs.get_repository_def()) as context:
-        requests = model_backfill_schedule.evaluate_tick(context).run_requests
-    assert [(r.tags["isles/model"], r.tags[range_key]) for r in requests for range_key in ["dagster/asset_partition_range_start"]] == [
-        (STRICT.name, case_model_key(CASES[0], STRICT.name))
-    ]
-    assert requests[0].tags["dagster/asset_partition_range_end"] == case_model_key(CASES[-1], STRICT.name)
-    assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, tags=requests[0].tags).success
+    defs = build_defs(Settings(data_dir=str(tmp_path / "data"), models_file=str(registry), device="cpu"))
+    automation = Automation(defs, instance)
+    assert automation.tick(datetime(2026, 12, 3, 1, 0, tzinfo=timezone.utc)) == {}
+    register_models(instance, [STRICT.name])  # model_registry_sensor's request, applied
+    observed = automation.tick(datetime(2026, 12, 3, 1, 1, tzinfo=timezone.utc))
+    assert observed == {"model_weights": {STRICT.name}}  # a newly registered model is observed first
+    assert defs.resolve_job_def("observe_model_weights").execute_in_process(instance=instance).success
+    requested = automation.tick(datetime(2026, 12, 3, 1, 2, tzinfo=timezone.utc))
+    strict = {case_model_key(c, STRICT.name) for c in CASES}
+    assert requested == {"case_prediction": strict, "case_metrics": strict}
+    assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources_for(None, tmp_path / "data", registry),
+                          tags=range_tags(CASES, STRICT.name)).success
     for asset in ("case_prediction", "case_metrics"):
         counts = {(c, m.name): count(instance, asset, case_model_key(c, m.name)) for c in CASES for m in (RULES, LOOSE, STRICT)}
         assert set(counts.values()) == {1}, counts
     assert all(count(instance, "case_inputs", c) == 1 for c in CASES)
-    assert plan_backfill(instance, store, [RULES.name, LOOSE.name, STRICT.name]).model_partitions == 0
+    assert automation.tick(datetime(2026, 12, 3, 1, 3, tzinfo=timezone.utc)).keys() <= {"metrics_report", "leaderboard"}

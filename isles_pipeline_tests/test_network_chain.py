@@ -23,19 +23,16 @@ import pytest
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
 from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.jobs import MODEL_CHAIN
-from isles_pipeline.defs.partitions import case_model_key, sync_models
-from isles_pipeline.defs.resources import (
-    CaseStoreResource,
-    ModelRegistryResource,
-    SegmenterResource,
-    ShardSourceResource,
-)
+from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key
+from isles_pipeline.defs.segmentation import case_prediction
 from isles_pipeline.defs.training import segmenter_checkpoint
 from isles_pipeline.inputs import read_case_images, read_manifest
 from isles_pipeline.metrics import score_masks
 from isles_pipeline.models import ModelSpec, write_registry
 from isles_pipeline.nifti import as_mask
 from isles_pipeline.store import CaseStore
+from isles_pipeline.weights import fingerprint
+from isles_pipeline_tests.chain import register_models, resources_for
 
 CASES = list(CASE_IDS[:8])
 TRAIN, HELD_OUT = CASES[:5], CASES[5:]
@@ -93,11 +90,7 @@ def chain(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("data")
     with HubServer(host="127.0.0.1", port=0) as server, dg.instance_for_test() as instance:
         server.add_repo("dataset", DEFAULT_REPO_ID, replica)
-        resources = {
-            "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=server.url),
-            "case_store": CaseStoreResource(data_dir=str(data_dir)),
-            "models": ModelRegistryResource(path=None),
-        }
+        resources = resources_for(server.url, data_dir)
         materialise_each([case_inputs], CASES, instance=instance, resources=resources)
         trained = dg.materialize(
             [segmenter_checkpoint],
@@ -141,13 +134,8 @@ def TRAINED_MODEL(store: CaseStore) -> ModelSpec:  # noqa: N802 (reads as the co
 
 def test_the_case_chain_runs_the_trained_checkpoint(chain, tmp_path: Path) -> None:
     instance, store, url = chain
-    resources = {
-        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=url),
-        "case_store": CaseStoreResource(data_dir=str(store.root)),
-        "segmenter": SegmenterResource(device="cpu"),
-        "models": ModelRegistryResource(path=str(write_registry(tmp_path / "models.yaml", [TRAINED_MODEL(store)]))),
-    }
-    sync_models(instance, ["network:trained"])
+    resources = resources_for(url, store.root, write_registry(tmp_path / "models.yaml", [TRAINED_MODEL(store)]))
+    register_models(instance, ["network:trained"])
 
     materialise_each(MODEL_CHAIN, [case_model_key(c, "network:trained") for c in HELD_OUT], instance=instance, resources=resources)
 
@@ -192,35 +180,37 @@ def test_the_demo_runs_the_chain_with_isles_segmenter_network(chain, tmp_path: P
     assert "dice" in done.stdout
 
 
-def test_the_segmenter_resource_reads_network_options_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ISLES_SEGMENTER", "network")
-    monkeypatch.setenv("ISLES_CHECKPOINT", "org/nvauto")
-    monkeypatch.setenv("ISLES_TARGET_SPACING", "4")
-    monkeypatch.setenv("ISLES_ROI", "96,96,64")
-    monkeypatch.setenv("ISLES_AMP", "off")
-    monkeypatch.delenv("ISLES_OVERLAP", raising=False)
-    monkeypatch.delenv("ISLES_SW_BATCH", raising=False)
-
-    resource = SegmenterResource.from_env()
-
-    assert (resource.name, resource.checkpoint) == ("network", "org/nvauto")
-    # Unset options are not passed: the checkpoint's sidecar (or NVAUTO) decides them.
-    assert resource.network_options() == {"target_spacing": [4.0, 4.0, 4.0], "roi_size": [96, 96, 64], "amp": False}
-    monkeypatch.setenv("ISLES_ROI", "96,64")
-    with pytest.raises(ValueError, match="ISLES_ROI='96,64': expected one or three"):
-        SegmenterResource.from_env()
-    monkeypatch.setenv("ISLES_ROI", "")
-    monkeypatch.setenv("ISLES_SW_BATCH", "two")
-    with pytest.raises(ValueError, match="ISLES_SW_BATCH='two'"):
-        SegmenterResource.from_env()
+# Each network option of the registry against a model without options: what case_prediction
+# records as having run (prediction.json's ran_with), for one held-out case, in one run.
+NETWORK_OPTIONS = {
+    "target_spacing": ([3.0, 3.0, 3.0], [4.0, 4.0, 4.0]),  # (given, the sidecar's)
+    "roi_size": ([32, 32, 16], [16, 16, 16]),
+    "overlap": (0.25, 0.5),
+    "sw_batch_size": (1, 2),
+    "amp": (False, True),
+}
 
 
-def test_the_segmenter_resource_builds_the_network_with_explicit_options_over_the_sidecar(chain) -> None:
-    _, store, _ = chain
-    resource = SegmenterResource(name="network", device="cpu", checkpoint=str(checkpoint_of(store)), roi_size=[32, 32, 16], sw_batch_size=1)
-    segmenter = resource.get()
-    segmenter.load()
-    assert segmenter.settings.roi_size == (32, 32, 16) and segmenter.settings.target_spacing == (4.0, 4.0, 4.0)
-    assert segmenter.sw_batch_size == 1 and resource.get() is segmenter
-    rules = SegmenterResource(name="rules", device="cpu", roi_size=[32, 32, 16]).get()
-    assert rules.name == "rules"
+def test_each_network_option_of_the_registry_is_what_case_prediction_records(chain, tmp_path: Path) -> None:
+    instance, store, url = chain
+    checkpoint = str(checkpoint_of(store))
+    models = [ModelSpec("network:base", checkpoint)] + [
+        ModelSpec(f"network:{name.replace('_', '-')}", checkpoint, {name: given}) for name, (given, _) in NETWORK_OPTIONS.items()]
+    resources = resources_for(url, store.root, write_registry(tmp_path / "models.yaml", models))
+    register_models(instance, [m.name for m in models])
+    case_id = HELD_OUT[0]
+    tags = {RANGE_START_TAG: case_model_key(case_id, models[0].name), RANGE_END_TAG: case_model_key(case_id, models[-1].name)}
+    assert dg.materialize([case_prediction], instance=instance, resources=resources, tags=tags).success
+
+    def recorded(model: ModelSpec) -> dict:
+        return json.loads((store.root / "cases" / case_id / "models" / model.slug / "prediction.json").read_text())
+
+    base = recorded(models[0])
+    assert base["options"] == {} and base["weights"].startswith("sha256:")
+    assert {name: base["ran_with"][name] for name in NETWORK_OPTIONS} == {name: default for name, (_, default) in NETWORK_OPTIONS.items()}
+    assert base["ran_with"]["amp_ran"] is False  # mixed precision runs on CUDA only
+    for model, (name, (given, _)) in zip(models[1:], NETWORK_OPTIONS.items(), strict=True):
+        record = recorded(model)
+        assert record["options"] == {name: given} and record["ran_with"][name] == given, name
+        assert {k: v for k, v in record["ran_with"].items() if k != name} == {k: v for k, v in base["ran_with"].items() if k != name}
+        assert record["fingerprint"] == fingerprint(model).value != base["fingerprint"]

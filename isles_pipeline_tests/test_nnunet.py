@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import dagster as dg
 import nibabel as nib
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from isles_pipeline import nifti  # noqa: E402
 from isles_pipeline.predict import predict_image_files, predict_images  # noqa: E402
 from isles_pipeline.segment.channels import input_columns_for  # noqa: E402
 from isles_pipeline.segment.registry import make_segmenter  # noqa: E402
+from isles_pipeline_tests.chain import register_models, resources_for  # noqa: E402
 from isles_pipeline_tests.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
 from isles_pipeline_tests.test_cli import cli  # noqa: E402
 
@@ -141,7 +143,6 @@ def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_pa
     import dagster as dg
 
     from isles_pipeline.catalogue import DEFAULT_REPO_ID, shard_path
-    from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource
     from isles_pipeline.defs.segmentation import PREDICTION_FILE, PREDICTION_INFO_FILE, case_prediction
     from isles_pipeline.hub.phantom import GRIDS
     from isles_pipeline.inputs import fetch_case
@@ -178,17 +179,15 @@ def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_pa
     assert run.returncode == 0, run.stderr
     assert np.array_equal(np.asarray(nib.load(tmp_path / "cli.nii.gz").dataobj) > 0, expected)
 
-    from isles_pipeline.defs.partitions import case_model_key, sync_models
-    from isles_pipeline.defs.resources import ModelRegistryResource
+    from isles_pipeline.defs.partitions import case_model_key
     from isles_pipeline.models import ModelSpec, result_path, write_registry
 
     spec = ModelSpec("nnunet:ct", checkpoint=str(model))
     registry = write_registry(tmp_path / "models.yaml", [spec])
-    assert ModelRegistryResource(path=str(registry)).registry().input_columns() == (*CT_COLUMNS, "lesion_mask")
-    resources = {"case_store": CaseStoreResource(data_dir=str(store.root)), "segmenter": SegmenterResource(device="cpu"),
-                 "models": ModelRegistryResource(path=str(registry))}
+    resources = resources_for(hub.url, store.root, registry)
+    assert resources["models"].registry().input_columns() == (*CT_COLUMNS, "lesion_mask")
     with dg.instance_for_test() as instance:
-        sync_models(instance, [spec.name])
+        register_models(instance, [spec.name])
         result = dg.materialize([case_prediction], partition_key=case_model_key(CT_CASE, spec.name), instance=instance, resources=resources)
     assert result.success
     written = store.read_bytes(result_path(store, CT_CASE, spec.name, PREDICTION_FILE))
@@ -197,71 +196,95 @@ def test_a_ct_perfusion_model_runs_on_the_maps_it_names(hub, replica_dir, tmp_pa
     assert (info["segmenter"], info["device"], info["fallbacks"]) == ("nnunet", "cpu", "")
 
 
-def test_the_segmenter_resource_builds_it_from_the_environment(mri_model, monkeypatch):
-    from isles_pipeline.defs.resources import SegmenterResource
+@pytest.fixture(scope="module")
+def tiny_grid_model(tmp_path_factory):
+    """A DWI+ADC model folder planned for the replica's tiny grid, two folds; fold 0 also has a
+    checkpoint_best.pth (the same weights), so that checkpoint_name changes the folds that run."""
+    import shutil
 
-    model, _ = mri_model
-    for key, value in {"ISLES_SEGMENTER": "nnunet", "ISLES_CHECKPOINT": str(model), "ISLES_DEVICE": "cpu",
-                       "ISLES_TILE_STEP": "0.75", "ISLES_MIRRORING": "0", "ISLES_FOLDS": "1"}.items():
-        monkeypatch.setenv(key, value)
-    resource = SegmenterResource.from_env()
-    assert (resource.name, resource.tile_step_size, resource.use_mirroring, resource.folds) == ("nnunet", 0.75, False, [1])
-    predictor = resource.get().load()
-    assert (predictor.tile_step_size, predictor.use_mirroring, len(predictor.list_of_parameters)) == (0.75, False, 1)
-    assert resource.get() is resource.get()  # built once per run
-
-
-def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path, monkeypatch):
-    """case_inputs -> case_prediction -> case_metrics with the nnunet segmenter (as
-    ISLES_SEGMENTER=nnunet sets it); the stored mask equals nnUNetPredictor's on the fetched files."""
-    import dagster as dg
-
-    from isles_pipeline.catalogue import DEFAULT_REPO_ID
-    from isles_pipeline.defs.cases import case_inputs
-    from isles_pipeline.defs.jobs import MODEL_CHAIN
-    from isles_pipeline.defs.resources import CaseStoreResource, SegmenterResource, ShardSourceResource
-    from isles_pipeline.defs.segmentation import PREDICTION_FILE
     from isles_pipeline.hub.phantom import GRIDS
+
+    tiny = GRIDS["tiny"]
+    with pytest.MonkeyPatch.context() as planner_env:
+        model, _ = build_model_folder(tmp_path_factory.mktemp("nnunet_chain"), planner_env, channels=("DWI", "ADC"), folds=FOLDS,
+                                      dataset_id=503, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
+    shutil.copy(model / "fold_0" / "checkpoint_final.pth", model / "fold_0" / "checkpoint_best.pth")
+    return model
+
+
+def test_the_case_chain_runs_an_nnunet_model(hub, tmp_path, monkeypatch, tiny_grid_model):
+    """case_inputs -> case_prediction -> case_metrics in the definitions built with
+    ISLES_SEGMENTER=nnunet and ISLES_CHECKPOINT as a user sets them (no registry file); the
+    stored mask equals nnUNetPredictor's on the fetched files."""
+    from isles_pipeline.definitions import build_defs
+    from isles_pipeline.defs.partitions import case_model_key
+    from isles_pipeline.defs.segmentation import PREDICTION_FILE
     from isles_pipeline.inputs import read_manifest
+    from isles_pipeline.models import result_path
     from isles_pipeline.store import CaseStore
 
-    tiny, case_id = GRIDS["tiny"], "sub-stroke0002"
-    with pytest.MonkeyPatch.context() as planner_env:
-        model, _ = build_model_folder(tmp_path / "nnunet_chain", planner_env, channels=("DWI", "ADC"), folds=(0,),
-                                      dataset_id=503, cases=2, shape=tiny.shape, spacing=tiny.voxel_mm)
-    from isles_pipeline.defs.partitions import case_model_key, sync_models
-    from isles_pipeline.defs.resources import ModelRegistryResource
-    from isles_pipeline.models import result_path
-
-    # No registry file: ISLES_SEGMENTER and ISLES_CHECKPOINT name the one model, as a user sets them.
+    case_id, model = "sub-stroke0002", tiny_grid_model
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("ISLES_MODELS", raising=False)
-    monkeypatch.setenv("ISLES_SEGMENTER", "nnunet")
-    monkeypatch.setenv("ISLES_CHECKPOINT", str(model))
-    spec = ModelRegistryResource().registry().get("nnunet:given")
+    for key, value in {"ISLES_SEGMENTER": "nnunet", "ISLES_CHECKPOINT": str(model), "ISLES_DEVICE": "cpu", "HF_ENDPOINT": hub.url,
+                       "ISLES_DATA_DIR": str(tmp_path / "data")}.items():
+        monkeypatch.setenv(key, value)
+    defs = build_defs()
     store = CaseStore(tmp_path / "data")
-    resources = {
-        "shard_source": ShardSourceResource(repo_id=DEFAULT_REPO_ID, endpoint=hub.url),
-        "case_store": CaseStoreResource(data_dir=str(store.root)),
-        "segmenter": SegmenterResource(device="cpu"),
-        "models": ModelRegistryResource(),
-    }
     with dg.instance_for_test() as instance:
-        sync_models(instance, [spec.name])
-        assert dg.materialize([case_inputs], partition_key=case_id, instance=instance, resources=resources).success
-        key = case_model_key(case_id, spec.name)
-        assert dg.materialize(MODEL_CHAIN, partition_key=key, instance=instance, resources=resources).success
+        register_models(instance, ["nnunet:given"])
+        assert defs.resolve_job_def("case_inputs_job").execute_in_process(partition_key=case_id, instance=instance).success
+        assert defs.resolve_job_def("model_chain").execute_in_process(partition_key=case_model_key(case_id, "nnunet:given"),
+                                                                      instance=instance).success
     files = read_manifest(store, case_id).files
     case = {column: Path(store.local_path(store.case_path(case_id, files[column].name))) for column in ("dwi", "adc")}
 
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(model), use_folds=(0,))
+    predictor.initialize_from_trained_model_folder(str(model), use_folds=FOLDS)
     predictor.predict_from_files_sequential([[str(case["dwi"]), str(case["adc"])]], [str(tmp_path / "reference")])
     expected = np.asarray(nib.load(tmp_path / "reference.nii.gz").dataobj) > 0
-    written = nifti.decode(store.read_bytes(result_path(store, case_id, spec.name, PREDICTION_FILE)), "prediction")
+    written = nifti.decode(store.read_bytes(result_path(store, case_id, "nnunet:given", PREDICTION_FILE)), "prediction")
     np.testing.assert_array_equal(np.asarray(written.dataobj) > 0, expected)
+
+
+# Each nnU-Net option of the registry against a model without options: (given, nnU-Net's default).
+NNUNET_OPTIONS = {
+    "tile_step_size": (0.75, 0.5),
+    "use_gaussian": (False, True),
+    "use_mirroring": (False, True),
+    "folds": ([1], [0, 1]),
+    "checkpoint_name": ("checkpoint_best.pth", "checkpoint_final.pth"),
+}
+
+
+def test_each_nnunet_option_of_the_registry_is_what_case_prediction_records(hub, tmp_path, tiny_grid_model):
+    from isles_pipeline.defs.cases import case_inputs
+    from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key
+    from isles_pipeline.defs.segmentation import case_prediction
+    from isles_pipeline.models import ModelSpec, write_registry
+
+    case_id, model = "sub-stroke0002", str(tiny_grid_model)
+    models = [ModelSpec("nnunet:base", model)] + [
+        ModelSpec(f"nnunet:{name.replace('_', '-')}", model, {name: given}) for name, (given, _) in NNUNET_OPTIONS.items()]
+    resources = resources_for(hub.url, tmp_path / "data", write_registry(tmp_path / "models.yaml", models))
+    with dg.instance_for_test() as instance:
+        register_models(instance, [m.name for m in models])
+        assert dg.materialize([case_inputs], partition_key=case_id, instance=instance, resources=resources).success
+        tags = {RANGE_START_TAG: case_model_key(case_id, models[0].name), RANGE_END_TAG: case_model_key(case_id, models[-1].name)}
+        assert dg.materialize([case_prediction], instance=instance, resources=resources, tags=tags).success
+
+    def recorded(spec: ModelSpec) -> dict:
+        return json.loads((tmp_path / "data" / "cases" / case_id / "models" / spec.slug / "prediction.json").read_text())
+
+    base = recorded(models[0])
+    assert base["ran_with"] == {name: default for name, (_, default) in NNUNET_OPTIONS.items()}
+    for spec, (name, (given, _)) in zip(models[1:], NNUNET_OPTIONS.items(), strict=True):
+        record = recorded(spec)
+        assert record["options"] == {name: given} and record["ran_with"][name] == given, name
+        changed = {k for k, v in record["ran_with"].items() if v != base["ran_with"][k]}
+        # fold 0 alone has a checkpoint_best.pth: naming that checkpoint also picks the folds
+        assert changed == ({name, "folds"} if name == "checkpoint_name" else {name}), name
 
 
 def test_a_cuda_out_of_memory_reruns_on_the_cpu_and_is_recorded(mri_model):

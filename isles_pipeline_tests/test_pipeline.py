@@ -1,13 +1,10 @@
 """The Dagster layer: definitions, the case chain on one partition and on a batch with a bad case,
-the report, and the nightly backfill schedule — on a real instance, against the local Hub."""
+the report, and the nightly automation — on a real instance, against the local Hub."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime, timezone
 
 import dagster as dg
@@ -15,17 +12,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
-from isles_pipeline.definitions import defs
+from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.cases import case_inputs
 from isles_pipeline.defs.jobs import MODEL_CHAIN
-from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, range_tags, sync_models
+from isles_pipeline.defs.partitions import RANGE_END_TAG, RANGE_START_TAG, case_model_key, range_tags
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.defs.schedules import case_backfill_schedule, model_backfill_schedule, plan_backfill
 from isles_pipeline.defs.scoring import inputs_on_one_grid, metrics_in_range
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.metrics import score_files
-from isles_pipeline_tests.chain import resources_for
+from isles_pipeline.settings import Settings
+from isles_pipeline_tests.chain import Automation, register_models, resources_for
 
 CHECKS = [inputs_on_one_grid, metrics_in_range]
 RANGE_TAGS = (RANGE_START_TAG, RANGE_END_TAG)
@@ -42,7 +39,7 @@ def rules_dir(root, case_id: str):
 def run_chain(instance, resources, cases: list[str], checks: bool = False, **kwargs):
     """case_inputs for the cases (one run), then the rules model on them (one run): the chain as
     the backfill runs it. Returns the last result."""
-    sync_models(instance, [RULES])
+    register_models(instance, [RULES])
     where = {"partition_key": cases[0]} if len(cases) == 1 else {"tags": range_tags(cases)}
     fetched = dg.materialize([case_inputs, *(CHECKS[:1] if checks else [])], instance=instance, resources=resources, **where, **kwargs)
     if not fetched.success:
@@ -69,20 +66,20 @@ def instance():
 
 
 def test_definitions_have_149_case_partitions_and_the_gpu_pool():
+    defs = build_defs(Settings())
     case_inputs = defs.resolve_assets_def("case_inputs")
     assert case_inputs.partitions_def.get_partition_keys() == list(CASE_IDS)
     assert len(CASE_IDS) == 149
     assert defs.resolve_assets_def("case_prediction").op.pool == "gpu"
-    assert {j.name for j in defs.jobs} >= {"case_inputs_job", "model_chain", "report_job", "pyarrow_probe_job"}
-    assert case_backfill_schedule.cron_schedule == model_backfill_schedule.cron_schedule == "0 2 * * *"
-    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "report_after_success", "report_after_failure",
-                                              "model_registry_sensor", "models_after_inputs", "report_after_backfill"}
+    assert {j.name for j in defs.jobs} >= {"case_inputs_job", "model_chain", "report_job", "observe_model_weights", "pyarrow_probe_job"}
+    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "model_registry_sensor", "nightly_fetch", "chain_automation"}
+    assert not list(defs.schedules or [])
 
 
 def test_one_partition_through_the_chain(hub, replica_dir, tmp_path, instance):
     case_id = CASE_IDS[0]
     fetched = dg.materialize([case_inputs, CHECKS[0]], partition_key=case_id, instance=instance, resources=resources_for(hub.url, tmp_path))
-    sync_models(instance, [RULES])
+    register_models(instance, [RULES])
     result = dg.materialize([*MODEL_CHAIN, CHECKS[1]], partition_key=case_model_key(case_id, RULES), instance=instance,
                             resources=resources_for(hub.url, tmp_path))
     assert fetched.success and result.success
@@ -138,7 +135,7 @@ def test_a_bad_case_in_a_batch_fails_alone_and_is_reported(repo_with_a_bad_case,
     assert f"case {bad}: adc shape (48, 48, 14) differs from dwi shape (48, 48, 16)" in failure.step_failure_data.error.message
     materialized = instance.get_materialized_partitions(dg.AssetKey("case_inputs"))
     assert materialized == set(good)
-    statuses = instance.get_status_by_partition(dg.AssetKey("case_inputs"), list(CASE_IDS[:3]), defs.resolve_assets_def("case_inputs").partitions_def)
+    statuses = instance.get_status_by_partition(dg.AssetKey("case_inputs"), list(CASE_IDS[:3]), case_inputs.partitions_def)
     assert statuses[bad] == dg.AssetPartitionStatus.FAILED
     assert not (tmp_path / "data" / "cases" / bad / "dwi.nii.gz").exists()
     # the good cases of the batch go on through the chain in the next run, the bad one does not
@@ -154,45 +151,30 @@ def test_a_bad_case_in_a_batch_fails_alone_and_is_reported(repo_with_a_bad_case,
     assert (tmp_path / "data" / "report" / RULES / "dice_per_case.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_backfill_schedule_batches_missing_cases_and_retries_failed_ones_alone(repo_with_a_bad_case, tmp_path, instance):
+def test_the_nightly_automation_fetches_missing_cases_and_runs_the_models_on_fetched_ones(repo_with_a_bad_case, tmp_path, instance):
     resources = resources_for(repo_with_a_bad_case.url, tmp_path / "data")
     tags = dict(zip(RANGE_TAGS, (CASE_IDS[0], CASE_IDS[2])))
     dg.materialize([case_inputs], instance=instance, resources=resources, tags=tags, raise_on_error=False)
-    sync_models(instance, [RULES])
+    register_models(instance, [RULES])
+    defs = build_defs(Settings(data_dir=str(tmp_path / "data"), hf_endpoint=repo_with_a_bad_case.url, device="cpu"))
+    assert defs.resolve_job_def("observe_model_weights").execute_in_process(instance=instance).success
     assert dg.materialize(MODEL_CHAIN, partition_key=case_model_key(CASE_IDS[0], RULES), instance=instance, resources=resources).success
 
-    plan = plan_backfill(instance, resources["case_store"].store(), [RULES])
-    assert plan.retries == [CASE_IDS[1]]
-    # case 0 is done; case 2 has inputs but no rules prediction yet; 3..148 never ran: ranges of 8 consecutive ids
-    assert plan.batches[0] == list(CASE_IDS[3:11])
-    assert sum(map(len, plan.batches)) == 146 and all(len(b) <= 8 for b in plan.batches)
-    assert plan.model_batches == {RULES: [[CASE_IDS[2]]]} and plan.model_retries == {RULES: []}
-    tick = datetime(2026, 11, 27, 2, 0, tzinfo=timezone.utc)
-    context_args = dict(
-        instance=instance, scheduled_execution_time=tick, resources={k: resources[k] for k in ("case_store", "models")},
-        repository_def=defs.get_repository_def(),
-    )
-    with dg.build_schedule_context(**context_args) as context:
-        requests = case_backfill_schedule.evaluate_tick(context).run_requests
-    with dg.build_schedule_context(**context_args) as context:
-        again = case_backfill_schedule.evaluate_tick(context).run_requests
-    assert [r.run_key for r in requests] == [r.run_key for r in again]
-    assert len(requests) == len(plan.batches) + 1 == 20
-    first = requests[0]
-    assert first.run_key == f"backfill:2026-11-27T02:00:{CASE_IDS[3]}..{CASE_IDS[10]}"
-    assert (first.tags[RANGE_TAGS[0]], first.tags[RANGE_TAGS[1]]) == (CASE_IDS[3], CASE_IDS[10])
-    retry = requests[-1]
-    assert retry.partition_key == CASE_IDS[1] and retry.tags["isles/reason"] == "retry-after-failure"
-    with dg.build_schedule_context(**context_args) as context:
-        models = model_backfill_schedule.evaluate_tick(context).run_requests
-    assert [(r.partition_key, r.job_name) for r in models] == [(case_model_key(CASE_IDS[2], RULES), "model_chain")]
+    automation = Automation(defs, instance)
+    assert automation.tick(datetime(2026, 11, 27, 1, 30, tzinfo=timezone.utc)) == {}
+    night = automation.tick(datetime(2026, 11, 27, 2, 1, tzinfo=timezone.utc))
+    # every case not fetched (the one whose data is bad included), and the fetched case the model has not run on
+    assert night["case_inputs"] == set(CASE_IDS) - {CASE_IDS[0], CASE_IDS[2]}
+    assert night["case_prediction"] == night["case_metrics"] == {case_model_key(CASE_IDS[2], RULES)}
+    assert "model_weights" in night  # observed every night: a model whose weights changed gets a new version
+    assert {"metrics_report", "leaderboard"}.isdisjoint(night)  # nothing of the chain updated since the last tick
 
 
 def test_the_hub_token_never_reaches_metadata_logs_or_files(hub, tmp_path, instance, monkeypatch):
     secret = "hf_SECRETtoken0123456789"
     monkeypatch.setenv("HF_TOKEN", secret)
     fetched = dg.materialize([case_inputs], partition_key=CASE_IDS[1], instance=instance, resources=resources_for(hub.url, tmp_path))
-    sync_models(instance, [RULES])
+    register_models(instance, [RULES])
     result = dg.materialize(MODEL_CHAIN, partition_key=case_model_key(CASE_IDS[1], RULES), instance=instance,
                             resources=resources_for(hub.url, tmp_path))
     assert fetched.success and result.success
@@ -215,18 +197,3 @@ def test_a_good_batch_records_one_materialisation_per_case_with_its_own_metadata
         on_disk = json.loads((rules_dir(tmp_path / "data", case_id) / "metrics.json").read_text())
         assert scored["dice"] == round(on_disk["dice"], 3)
     assert not (tmp_path / "io").exists() or not any((tmp_path / "io").rglob("*"))
-
-
-def test_automation_starts_stopped_unless_the_deployment_turns_it_on():
-    probe = (
-        "from isles_pipeline.definitions import defs;"
-        "print(defs.get_schedule_def('case_backfill_schedule').default_status.value,"
-        " defs.get_sensor_def('arrow_issue_sensor').default_status.value)"
-    )
-    statuses = {}
-    for setting in ("", "on"):
-        env = {**os.environ, "ISLES_AUTOMATION": setting}
-        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
-        assert done.returncode == 0, done.stderr
-        statuses[setting] = done.stdout.split()
-    assert statuses == {"": ["STOPPED", "STOPPED"], "on": ["RUNNING", "RUNNING"]}

@@ -13,19 +13,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.upstream import (
     PROBE_ASSET,
     PROBE_CHECK,
-    UPSTREAM_ASSETS,
-    UPSTREAM_JOBS,
-    UPSTREAM_RESOURCES,
-    UPSTREAM_SENSORS,
     GitHubIssueResource,
     ProbeConfig,
-    arrow_issue_sensor,
     judge_agreement,
     pyarrow_hang_probe,
 )
+from isles_pipeline.settings import Settings
 from isles_pipeline.upstream.github import (
     FetchFailure,
     IssueRef,
@@ -66,6 +63,10 @@ def github() -> FakeGitHub:
 
 def watcher(github: FakeGitHub, timeout_s: float = 2.0) -> IssueWatcher:
     return IssueWatcher(api_url=github.url, timeout_s=timeout_s)
+
+
+DEFS = build_defs(Settings())
+arrow_issue_sensor = DEFS.get_sensor_def("arrow_issue_sensor")
 
 
 def tick(cursor: str | None, resource: GitHubIssueResource) -> dg.SensorExecutionData:
@@ -215,7 +216,7 @@ def test_token_from_env_is_sent_as_bearer_and_never_shown(
 ) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     monkeypatch.setenv("GITHUB_API_URL", github.url)
-    client = IssueWatcher.from_env()
+    client = build_defs().resources["github_issue"].watcher()
     github.enqueue(Reply.json_body({"message": "Bad credentials"}, status=401))
 
     failure = client.fetch(ARROW)
@@ -247,8 +248,7 @@ def test_sensor_definition_is_off_by_default_and_hourly() -> None:
 
 def test_sensor_cursor_over_a_sequence_of_ticks(github: FakeGitHub) -> None:
     resource = GitHubIssueResource(api_url=github.url, timeout_s=2)
-    job = dg.Definitions(assets=UPSTREAM_ASSETS, jobs=UPSTREAM_JOBS, sensors=UPSTREAM_SENSORS,
-                         resources=UPSTREAM_RESOURCES).resolve_job_def("pyarrow_probe_job")
+    job = DEFS.resolve_job_def("pyarrow_probe_job")
 
     # 1. First tick: unconditional request, one probe run for the open issue.
     first = tick(None, resource)
@@ -366,7 +366,7 @@ def test_sensor_token_is_bearer_and_in_no_output(
 ) -> None:
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
     monkeypatch.setenv("GITHUB_API_URL", github.url)
-    resource = GitHubIssueResource()  # API URL from the environment
+    resource = build_defs().resources["github_issue"]  # API URL from the environment
 
     run = tick(None, resource)
     skip = tick(run.cursor, resource)

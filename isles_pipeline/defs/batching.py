@@ -20,7 +20,6 @@ store (``failures.py``), which the report reads.
 
 from __future__ import annotations
 
-import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -30,21 +29,12 @@ import dagster as dg
 
 from ..failures import clear_failure, read_failure, record_failure
 from ..retry import is_transient
+from ..settings import retry_wait_s
 from ..store import CaseStore
 
 # A Hub outage that outlasts the client's own retries (about 23 s) is waited out this way:
 # 3 more attempts of the step, 15 s, 30 s, 60 s apart (+-25 %); ISLES_RETRY_WAIT_S sets the first.
 TRANSIENT_RETRIES = 3
-RETRY_WAIT_ENV = "ISLES_RETRY_WAIT_S"
-RETRY_BASE_S = 15.0
-
-
-def first_retry_wait_s() -> float:
-    text = os.environ.get(RETRY_WAIT_ENV, "").strip()
-    try:
-        return float(text) if text else RETRY_BASE_S
-    except ValueError:
-        raise ValueError(f"{RETRY_WAIT_ENV}={text!r}: expected seconds") from None
 
 
 @dataclass
@@ -119,12 +109,12 @@ def run_cases(
     if not failures:
         return _materialised(context, keys, succeeded)
     if any(f.transient for f in failures.values()) and context.retry_number < TRANSIENT_RETRIES:
-        wait = first_retry_wait_s() * 2**context.retry_number * random.uniform(0.75, 1.25)
+        wait = retry_wait_s() * 2**context.retry_number * random.uniform(0.75, 1.25)
         context.log.warning(f"{_count(failures, keys)}; transient, retrying the step in {wait:.0f} s "
                             f"(retry {context.retry_number + 1} of {TRANSIENT_RETRIES})")
         raise dg.RetryRequested(max_retries=TRANSIENT_RETRIES, seconds_to_wait=wait)
     for case_id, outcome in succeeded.items():
-        context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=case_id, metadata=dict(outcome.metadata)))
+        context.log_event(dg.AssetMaterialization(asset_key=context.asset_key, partition=case_id, metadata=_with_version(outcome)))
     causes = {case_id: f.cause for case_id, f in failures.items()}
     raise dg.Failure(
         description="; ".join(causes.values()) if len(keys) == 1 else f"{_count(failures, keys)}: " + "; ".join(causes.values()),
@@ -146,7 +136,14 @@ def _materialised(context: dg.AssetExecutionContext, keys: list[str], succeeded:
             check_results=outcome.check_results or None,
         )
     # One materialisation per case, each with its own metadata; an empty result (not None,
-    # which would go to an IO manager) records them.
+    # which would go to an IO manager) records them. Dagster gives every partition of a
+    # multi-partition step the same data version (a MaterializeResult has no partition), so each
+    # case's own version goes into its metadata.
     for case_id, outcome in succeeded.items():
-        context.add_asset_metadata(dict(outcome.metadata), partition_key=case_id)
+        context.add_asset_metadata(_with_version(outcome), partition_key=case_id)
     return dg.MaterializeResult()
+
+
+def _with_version(outcome: CaseOutcome) -> dict:
+    """The case's metadata with its own data version (what a one-case run records as Dagster's)."""
+    return {**outcome.metadata, **({"data_version": outcome.data_version} if outcome.data_version else {})}

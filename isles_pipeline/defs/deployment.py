@@ -1,26 +1,25 @@
-"""What differs between deployments, in one place: the executor of the case chain and what
-``case_prediction`` asks of Kubernetes (``ISLES_DEPLOYMENT``, see isles_pipeline/deployment.py).
+"""What differs between deployments, in one place: the executor of the case chain and, on
+Kubernetes, the pod that ``case_prediction`` asks for (``ISLES_DEPLOYMENT``, see settings.py).
 
-The asset definitions stay the same everywhere; only these choices change, the way Dagster's
+The asset definitions stay the same everywhere; only the executor changes, the way Dagster's
 ``project_fully_featured`` picks resources per deployment.
 """
 
 from __future__ import annotations
 
-import os
-
 import dagster as dg
 
-from ..deployment import deployment_name
+from ..settings import Settings
 
 # A GPU node: the label NVIDIA's GPU feature discovery puts on nodes with a card, and the taint
 # that GPU node pools usually carry so that nothing else lands there.
 GPU_NODE_SELECTOR = {"nvidia.com/gpu.present": "true"}
 GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+GPU_STEPS = ("case_prediction",)
 
 
 def gpu_pod_config() -> dict:
-    """The ``dagster-k8s/config`` tag value of a step that needs one GPU."""
+    """The Kubernetes config of a step that needs one GPU (dagster-k8s' user-defined k8s config)."""
     return {
         "container_config": {
             "resources": {
@@ -32,17 +31,7 @@ def gpu_pod_config() -> dict:
     }
 
 
-def case_prediction_op_tags(deployment: str | None = None) -> dict | None:
-    """On a cluster the `gpu` pool maps to a GPU pod; on one machine there is nothing to ask for."""
-    if (deployment or deployment_name()) == "cluster":
-        return {"dagster-k8s/config": gpu_pod_config()}
-    return None
-
-
-def on_kubernetes() -> bool:
-    """Inside a pod, with dagster-k8s installed: steps can be pods of their own."""
-    if not os.environ.get("KUBERNETES_SERVICE_HOST"):
-        return False
+def _k8s_installed() -> bool:
     try:
         import dagster_k8s  # noqa: F401
     except ImportError:
@@ -50,14 +39,15 @@ def on_kubernetes() -> bool:
     return True
 
 
-def case_chain_executor(deployment: str | None = None) -> dg.ExecutorDefinition:
+def case_chain_executor(settings: Settings) -> dg.ExecutorDefinition:
     """local: every step of a run in the run's own process (no process start per step; the GPU
-    pool still holds, steps run one after another); cluster: a pod per step on Kubernetes, else a
-    process per step so that fetching and scoring of one case overlap the GPU step of another."""
-    if (deployment or deployment_name()) == "local":
+    pool still holds, steps run one after another); cluster: a pod per step on Kubernetes (the
+    GPU steps on a GPU node), else a process per step so that fetching and scoring of one case
+    overlap the GPU step of another."""
+    if settings.deployment == "local":
         return dg.in_process_executor
-    if on_kubernetes():
+    if settings.on_kubernetes and _k8s_installed():
         from dagster_k8s import k8s_job_executor
 
-        return k8s_job_executor
+        return k8s_job_executor.configured({"per_step_k8s_config": {step: gpu_pod_config() for step in GPU_STEPS}})
     return dg.multiprocess_executor

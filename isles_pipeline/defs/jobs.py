@@ -1,6 +1,7 @@
 """Jobs: a case's inputs (per case), a model's predictions and metrics (per (case, model)), the
-report and the leaderboard. Dagster runs one partitions definition per job, so the chain is two
-jobs; ``models_after_inputs`` (defs/models.py) starts the second when the first has fetched."""
+report and the leaderboard, and an observation of the models' weights. Dagster runs one
+partitions definition per job, so the chain is two jobs; the automation (defs/automation.py)
+runs the second when the first has fetched."""
 
 import dagster as dg
 
@@ -23,10 +24,13 @@ model_chain_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(*MODEL_CHAIN),
     description="Segment and score the selected (case, model) partitions: a range of cases for one model.",
 )
-# The runs that finish a case's chain (what the report sensors watch).
-case_chain_job = model_chain_job
 report_job = dg.define_asset_job(
     "report_job",
     selection=dg.AssetSelection.assets(metrics_report, leaderboard),
     description="Rebuild the report and the leaderboard across cases and models.",
+)
+observe_model_weights_job = dg.define_asset_job(
+    "observe_model_weights",
+    selection=dg.AssetSelection.assets("model_weights"),
+    description="Observe every registered model's fingerprint (its weights by content, and its settings).",
 )

@@ -16,9 +16,9 @@ from ..models import result_path
 from ..overlay import render_case_overlay
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
-from .partitions import case_backfill_policy, case_model_partitions, case_partitions, split_key
+from .partitions import case_backfill_policy, case_model_partitions, case_partitions, split_key, weights_of_model
 from .resources import CaseStoreResource
-from .segmentation import PREDICTION_FILE, PREDICTION_INFO_FILE, case_prediction, model_subject
+from .segmentation import PREDICTION_FILE, PREDICTION_INFO_FILE, case_prediction, content_version, model_subject
 
 METRICS_FILE = "metrics.json"
 OVERLAY_FILE = "overlay.png"
@@ -37,7 +37,9 @@ METRIC_RANGES = {
 @dg.asset(
     partitions_def=case_model_partitions,
     backfill_policy=case_backfill_policy,
-    deps=[case_prediction],
+    # model_weights: a changed model makes its metrics out of date too (Dagster does not pass
+    # staleness on through case_prediction until case_prediction is recomputed)
+    deps=[case_prediction, dg.AssetDep("model_weights", partition_mapping=weights_of_model)],
     group_name="cases",
     kinds={"python"},
     description="Dice, absolute volume difference (ml), lesion count difference, lesion-wise F1 "
@@ -55,15 +57,21 @@ def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResourc
         numbers = score_images(pred, gt).as_dict()
         info_path = result_path(store, case_id, model, PREDICTION_INFO_FILE)
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        record = {"case_id": case_id, **numbers, **info, "model": model}
+        # what made the prediction (model fingerprint, dataset revision, device ...), as scalars
+        made = {key: value for key, value in info.items() if not isinstance(value, (dict, list))}
+        record = {"case_id": case_id, **numbers, **made, "model": model}
         store.write_text(result_path(store, case_id, model, METRICS_FILE), json.dumps(record, indent=2))
         png = render_case_overlay(nifti.as_float32(images["dwi"]), np.asarray(gt.dataobj), np.asarray(pred.dataobj), record)
         overlay = result_path(store, case_id, model, OVERLAY_FILE)
         store.write_bytes(overlay, png)
         context.log.info(f"case {case_id}, model {model}: dice {fmt_metric('dice', numbers['dice'])}, "
                          f"f1 (ISLES'24) {fmt_metric('f1_isles24', numbers['f1_isles24'])}")
-        return CaseOutcome(metadata={**metrics_metadata(numbers), "model": model, "overlay_path": dg.MetadataValue.path(str(overlay)),
-                                     "overlay": dg.MetadataValue.md(overlay_markdown(png, record))})
+        return CaseOutcome(metadata={**metrics_metadata(numbers), "model": model, "fingerprint": str(made.get("fingerprint", "")),
+                                     "dataset_revision": str(made.get("dataset_revision", "")),
+                                     "overlay_path": dg.MetadataValue.path(str(overlay)),
+                                     "overlay": dg.MetadataValue.md(overlay_markdown(png, record))},
+                           data_version=content_version(store.sha256(result_path(store, case_id, model, PREDICTION_FILE)),
+                                                        *(str(record.get(k)) for k in METRIC_RANGES)))
 
     return run_cases(context, store, score, model_subject("case_metrics"))
 

@@ -1,22 +1,24 @@
 """``case_prediction``: a model's lesion mask for a case, on the input grid, per (case, model).
 
 It runs in the ``gpu`` pool (limited to one at a time by the instance config). A run builds each
-model it carries once, however many cases; the ``segmenter`` resource gives the device.
+model it carries once, however many cases, and fingerprints it once (``weights.py``); the
+``models`` resource gives the registry and the device.
 """
 
+import hashlib
 import json
 
 import dagster as dg
 
 from .. import nifti
-from ..inputs import read_case_images
+from ..inputs import read_case_images, read_manifest
 from ..models import result_path
 from ..predict import INFERRED_KEYS, predict_images
+from ..segment.options import options_that_ran
 from .batching import CaseOutcome, Subject, run_cases
 from .cases import case_inputs
-from .deployment import case_prediction_op_tags
-from .partitions import case_backfill_policy, case_model_partitions, inputs_of_case, split_key
-from .resources import CaseStoreResource, ModelRegistryResource, SegmenterResource
+from .partitions import case_backfill_policy, case_model_partitions, inputs_of_case, split_key, weights_of_model
+from .resources import CaseStoreResource, ModelRegistryResource
 from .training import segmenter_checkpoint
 
 PREDICTION_FILE = "prediction.nii.gz"
@@ -32,40 +34,55 @@ def model_subject(step: str):
     return subject
 
 
+def content_version(*parts: str) -> str:
+    """A data version from what decided the content (16 hex digits of their sha256)."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
 @dg.asset(
     partitions_def=case_model_partitions,
     backfill_policy=case_backfill_policy,
     # segmenter_checkpoint: lineage to the trained model that network models may run
-    deps=[dg.AssetDep(case_inputs, partition_mapping=inputs_of_case), segmenter_checkpoint],
+    deps=[dg.AssetDep(case_inputs, partition_mapping=inputs_of_case), dg.AssetDep("model_weights", partition_mapping=weights_of_model),
+          segmenter_checkpoint],
     pool="gpu",
-    op_tags=case_prediction_op_tags(),
     group_name="cases",
     kinds={"pytorch", "nifti"},
     description="The model's predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header), "
-    "per (case, model); models come from the registry (models.yaml).",
+    "per (case, model); models come from the registry (models.yaml), and prediction.json records the model's "
+    "fingerprint, options, the settings that ran and the dataset revision.",
 )
-def case_prediction(
-    context: dg.AssetExecutionContext, case_store: CaseStoreResource, segmenter: SegmenterResource, models: ModelRegistryResource
-) -> dg.MaterializeResult:
+def case_prediction(context: dg.AssetExecutionContext, case_store: CaseStoreResource, models: ModelRegistryResource) -> dg.MaterializeResult:
+    from ..weights import fingerprint
+
     store, registry, built = case_store.store(), models.registry(), {}
 
     def segment(key: str) -> CaseOutcome:
         case_id, name = split_key(key)
         spec = registry.get(name)
         if name not in built:
-            built[name] = segmenter.build(spec)
-        model = built[name]
+            built[name] = (fingerprint(spec, models.endpoint), models.build(spec))
+        made_by, model = built[name]
+        manifest = read_manifest(store, case_id)
         result = predict_images(model, read_case_images(store, case_id, spec.input_columns()))
         target = result_path(store, case_id, name, PREDICTION_FILE)
         sha = store.write_bytes(target, nifti.encode(result.mask))
-        info = {"model": name, "fingerprint": spec.fingerprint, "segmenter": model.name, **result.record()}
+        ran = options_that_ran(spec.segmenter, dict(result.info))
+        dataset = {"repo_id": manifest.repo_id, "revision": manifest.revision, "shard_oid": manifest.shard_oid} if manifest else {}
+        info = {"model": name, "fingerprint": made_by.value, "weights": made_by.weights, "segmenter": model.name,
+                "options": spec.options, "ran_with": ran, "dataset_revision": dataset.get("revision", ""), "dataset": dataset,
+                **result.record()}
         store.write_text(result_path(store, case_id, name, PREDICTION_INFO_FILE), json.dumps(info, indent=2))
         context.log.info(f"case {case_id}, model {name}: {result.predicted_ml:.2f} ml predicted in {result.seconds:.2f} s on {result.device}")
         return CaseOutcome(
             metadata={
                 "model": name,
-                "fingerprint": spec.fingerprint,
+                "fingerprint": made_by.value,
+                "weights": made_by.weights or "none",
                 "segmenter": model.name,
+                "options": dg.MetadataValue.json(spec.options),
+                "ran_with": dg.MetadataValue.json(ran),
+                "dataset_revision": dataset.get("revision", ""),
                 "device": result.device,
                 "requested_device": result.requested_device,
                 "fallbacks": dg.MetadataValue.text("; ".join(result.fallbacks) or "none"),
@@ -74,7 +91,8 @@ def case_prediction(
                 "predicted_ml": dg.MetadataValue.float(round(result.predicted_ml, 4)),
                 "path": dg.MetadataValue.path(str(target)),
                 "sha256": sha,
-            }
+            },
+            data_version=content_version(made_by.value, dataset.get("shard_oid", "")),
         )
 
     return run_cases(context, store, segment, model_subject("case_prediction"))

@@ -1,8 +1,8 @@
 """Watch apache/arrow#45214 and probe the installed pyarrow when the issue or pyarrow changes.
 
 - ``GitHubIssueResource`` (key ``github_issue``): which issue, where the API is, how long to wait.
-- ``arrow_issue_sensor``: hourly at most, STOPPED by default so it does not poll GitHub until a
-  user turns it on. Its cursor is the last observed issue state and the pyarrow version probed;
+- ``arrow_issue_sensor`` (:func:`build_arrow_issue_sensor`): hourly at most, STOPPED unless
+  ``ISLES_AUTOMATION=on`` so it does not poll GitHub until a user turns it on. Its cursor is the last observed issue state and the pyarrow version probed;
   a change of issue state/closed_at or of pyarrow (first tick included) requests one
   ``pyarrow_probe_job`` run, with the issue state in the run config. GitHub trouble is a skip
   that names the cause, with the cursor kept.
@@ -18,7 +18,9 @@ from dataclasses import asdict, dataclass
 
 import dagster as dg
 
+from ..settings import github_token
 from ..upstream.github import (
+    DEFAULT_API_URL,
     DEFAULT_TIMEOUT_S,
     FetchFailure,
     FetchOutcome,
@@ -33,7 +35,6 @@ from ..upstream.probe import (
     installed_pyarrow_version,
     run_probe,
 )
-from .partitions import automation_on
 
 PROBE_ASSET = "pyarrow_hang_probe"
 PROBE_CHECK = "probe_agrees_with_issue"
@@ -46,7 +47,7 @@ TAG_PREFIX = "isles/upstream"
 
 class GitHubIssueResource(dg.ConfigurableResource):
     """The GitHub issue to watch. The token is read from ``GITHUB_TOKEN`` at call time, never
-    stored in config; ``api_url`` left unset means ``GITHUB_API_URL`` or api.github.com."""
+    stored in config; ``api_url`` is ``GITHUB_API_URL`` (settings), else api.github.com."""
 
     api_url: str | None = None
     owner: str = "apache"
@@ -60,8 +61,8 @@ class GitHubIssueResource(dg.ConfigurableResource):
         return IssueRef(self.owner, self.repo, self.number)
 
     def watcher(self) -> IssueWatcher:
-        """A client built from config and the current environment."""
-        return IssueWatcher.from_env(self.timeout_s, api_url=self.api_url)
+        """A client built from config, with the token as the environment has it now."""
+        return IssueWatcher(api_url=self.api_url or DEFAULT_API_URL, timeout_s=self.timeout_s, token=github_token())
 
     def fetch(self, etag: str | None = None) -> FetchOutcome:
         """The issue's state, ``Unchanged`` for a matching ``etag``, or a ``FetchFailure``."""
@@ -277,23 +278,24 @@ pyarrow_probe_job = dg.define_asset_job(
 )
 
 
-@dg.sensor(
-    job=pyarrow_probe_job,
-    minimum_interval_seconds=WATCH_INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING if automation_on() else dg.DefaultSensorStatus.STOPPED,
-    description="Polls apache/arrow#45214 (conditional requests) and requests a probe when the "
-                "issue state or the installed pyarrow changes. Off by default.",
-)
-def arrow_issue_sensor(
-    context: dg.SensorEvaluationContext, github_issue: GitHubIssueResource
-) -> dg.SensorResult:
+def watch_arrow_issue(context: dg.SensorEvaluationContext, github_issue: GitHubIssueResource) -> dg.SensorResult:
     """One bounded GitHub request per tick; never raises for GitHub trouble."""
     previous = WatchCursor.from_json(context.cursor)
     outcome = github_issue.fetch(etag=previous.etag if previous else None)
     return decide_tick(github_issue.ref, previous, outcome, installed_pyarrow_version())
 
 
+def build_arrow_issue_sensor(running: bool = False) -> dg.SensorDefinition:
+    """``arrow_issue_sensor``, started with the code location when ``running`` (ISLES_AUTOMATION)."""
+    return dg.sensor(
+        name="arrow_issue_sensor",
+        job=pyarrow_probe_job,
+        minimum_interval_seconds=WATCH_INTERVAL_S,
+        default_status=dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED,
+        description="Polls apache/arrow#45214 (conditional requests) and requests a probe when the "
+                    "issue state or the installed pyarrow changes. Off by default.",
+    )(watch_arrow_issue)
+
+
 UPSTREAM_ASSETS = [pyarrow_hang_probe]
 UPSTREAM_JOBS = [pyarrow_probe_job]
-UPSTREAM_SENSORS = [arrow_issue_sensor]
-UPSTREAM_RESOURCES = {RESOURCE_KEY: GitHubIssueResource()}

@@ -137,9 +137,11 @@ def _local_files(path: Path) -> list[Path]:
 
 
 def hub_endpoint(endpoint: str | None = None) -> str | None:
-    """The endpoint to use: the argument, else ``HF_ENDPOINT`` read now (not at import), else
-    None (the client's default, the public Hub)."""
-    return endpoint or os.environ.get("HF_ENDPOINT") or None
+    """The endpoint to use: the argument, else ``HF_ENDPOINT`` read now by settings.py (not at
+    import), else None (the client's default, the public Hub)."""
+    from isles_pipeline.settings import read_settings
+
+    return endpoint or read_settings(only=("hf_endpoint",)).hf_endpoint
 
 
 def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:

@@ -203,7 +203,8 @@ class NetworkSegmenter:
             "device": str(device),  # may differ from self.device after an out-of-memory fallback
             "sw_batch_size": sw_batch_size,
             "models": len(models),
-            "amp": use_amp,
+            "amp": self.amp,  # the setting; mixed precision runs on CUDA only
+            "amp_ran": use_amp,
             "input_shape": input_shape,
             "target_spacing": settings.target_spacing,
             "resampled_shape": grid,

@@ -226,9 +226,10 @@ class NnUNetSegmenter:
         self.last_info = {
             "device": str(predictor.device),
             "folds": list(self.folds or ()),
-            "checkpoint": self.checkpoint_name,
+            "checkpoint_name": self.checkpoint_name,
             "channels": list(self.columns),
             "tile_step_size": self.tile_step_size,
+            "use_gaussian": self.use_gaussian,
             "use_mirroring": self.use_mirroring,
             "seconds": time.perf_counter() - started,
             "fallbacks": fallbacks,

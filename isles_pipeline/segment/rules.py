@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import cc3d
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from isles_pipeline.nifti import voxel_sizes_mm, voxel_volume_ml
 from isles_pipeline.segment.base import check_segment_inputs, mri_pair, resolve_device
+from isles_pipeline.segment.options import RuleParams
 
 # Typical normal-brain ADC, in each unit a file may use (value = the brain median in that unit).
 ADC_UNIT_BRAIN_MEDIAN = {"1e-3 mm^2/s": 1.0, "1e-6 mm^2/s": 1000.0}
@@ -31,29 +32,6 @@ ADC_UNIT_BRAIN_MEDIAN = {"1e-3 mm^2/s": 1.0, "1e-6 mm^2/s": 1000.0}
 # read (ADC x 10 or x 100, say), and thresholds in 10^-3 mm^2/s would be silently wrong.
 PHYSIOLOGICAL_BRAIN_ADC = (0.4, 2.0)
 OTSU_BINS = 256
-
-
-@dataclass(frozen=True)
-class RuleParams:
-    """Thresholds of the rule; ADC values in 10^-3 mm^2/s, whatever unit the input uses."""
-
-    adc_low: float = 0.1  # below this: background or noise, not tissue
-    adc_high: float = 0.62  # clinical ischemic-core threshold (RAPID/DEFUSE)
-    # When set, the upper ADC threshold is this multiple of the case's brain median ADC instead
-    # of adc_high (see docs/benchmarks.md, "Rule segmenter: ADC threshold", for which is better).
-    adc_relative: float | None = None
-    dwi_factor: float = 1.4  # DWI brighter than this multiple of the brain median
-    csf_adc: float = 1.5  # above this: CSF, left out of the brain statistics
-    edge_erosion_mm: float = 4.0  # brain-edge margin (bright rim artefacts): 2 voxels of 2 mm
-    min_lesion_ml: float = 0.1  # smaller clusters are noise
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.adc_low < self.adc_high < self.csf_adc:
-            raise ValueError(f"need 0 <= adc_low < adc_high < csf_adc, got {self}")
-        if self.adc_relative is not None and not 0 < self.adc_relative < 2:
-            raise ValueError(f"adc_relative must be in (0, 2), got {self.adc_relative}")
-        if self.dwi_factor <= 0 or self.edge_erosion_mm < 0 or self.min_lesion_ml < 0:
-            raise ValueError(f"dwi_factor must be > 0, edge_erosion_mm and min_lesion_ml >= 0: {self}")
 
 
 def erosion_radii(affine: np.ndarray, margin_mm: float) -> tuple[int, int, int]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import http.client
 import json
 import logging
-import os
 import threading
 import time
 import urllib.error
@@ -123,16 +122,6 @@ class IssueWatcher:
     api_url: str = DEFAULT_API_URL
     timeout_s: float = DEFAULT_TIMEOUT_S
     token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_env(cls, timeout_s: float = DEFAULT_TIMEOUT_S, api_url: str | None = None) -> IssueWatcher:
-        """Token from ``GITHUB_TOKEN``; API URL ``api_url``, else ``GITHUB_API_URL``, else
-        api.github.com."""
-        return cls(
-            api_url=api_url or os.environ.get("GITHUB_API_URL") or DEFAULT_API_URL,
-            timeout_s=timeout_s,
-            token=os.environ.get("GITHUB_TOKEN") or None,
-        )
 
     def fetch(self, ref: IssueRef, etag: str | None = None) -> FetchOutcome:
         """GET the issue (conditionally when ``etag`` is given); never raises for I/O trouble."""

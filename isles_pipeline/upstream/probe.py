@@ -24,6 +24,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..settings import child_environment
+
 Outcome = Literal["hang", "abort", "clean", "error"]
 
 SIGABRT_SHELL_STATUS = 128 + signal.SIGABRT  # 134: how a shell reports an abort
@@ -123,7 +125,7 @@ def run_snippet(
     child = subprocess.Popen(
         [sys.executable, "-c", code, *args],
         cwd=cwd,
-        env=_child_env(),
+        env=child_environment(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -154,11 +156,6 @@ def run_probe(
         path = write_probe_file(Path(folder) / "probe.parquet", spec)
         child = run_snippet(REPRO_SNIPPET, [str(path)], timeout_s, cwd=Path(folder))
     return ProbeResult(pyarrow_version=installed_pyarrow_version(), **asdict(child))
-
-
-def _child_env() -> dict[str, str]:
-    """This environment minus secrets the child has no use for."""
-    return {k: v for k, v in os.environ.items() if k not in ("GITHUB_TOKEN", "HF_TOKEN")}
 
 
 def _kill_group(pgid: int) -> None:
