@@ -47,3 +47,22 @@ class Automation:
         self.cursor = result.cursor
         keys = self.defs.resolve_asset_graph().get_all_asset_keys()
         return {key.to_user_string(): set(result.get_requested_partitions(key)) for key in keys if result.get_requested_partitions(key)}
+
+
+def save_weights(path, threshold: float) -> None:
+    """A tiny network checkpoint (TorchScript, with its sidecar) for the tiny grid: lesion where
+    DWI is above ``threshold``; a new threshold is new weights in the same file."""
+    import torch
+
+    from isles_pipeline.segment.checkpoints import sidecar_text, torchscript_bytes
+
+    class Threshold(torch.nn.Module):
+        def __init__(self, value: float):
+            super().__init__()
+            self.threshold = torch.nn.Parameter(torch.tensor(value))
+
+        def forward(self, x):  # input channels [ADC, DWI]
+            return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:2] - self.threshold], dim=1)
+
+    path.write_bytes(torchscript_bytes(torch.jit.script(Threshold(threshold))))
+    path.with_suffix(".json").write_text(sidecar_text({"target_spacing": [4.0, 4.0, 4.0], "roi_size": [16, 16, 16], "overlap": 0.25}))

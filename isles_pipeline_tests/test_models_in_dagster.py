@@ -19,6 +19,7 @@ from isles_pipeline.defs.jobs import MODEL_CHAIN
 from isles_pipeline.defs.leaderboard import leaderboard
 from isles_pipeline.defs.partitions import case_model_key, range_tags
 from isles_pipeline.defs.report import metrics_report
+from isles_pipeline.defs.segmentation import case_prediction
 from isles_pipeline.leaderboard import RANKED_METRICS
 from isles_pipeline.models import ModelSpec, write_registry
 from isles_pipeline.settings import Settings
@@ -138,3 +139,26 @@ def test_a_third_model_materialises_only_its_partitions(two_models):
         assert set(counts.values()) == {1}, counts
     assert all(count(instance, "case_inputs", c) == 1 for c in CASES)
     assert automation.tick(datetime(2026, 12, 3, 1, 3, tzinfo=timezone.utc)).keys() <= {"metrics_report", "leaderboard"}
+
+
+# Each rule option of the registry: a value other than the rule's default.
+RULE_OPTIONS = {"adc_low": 0.2, "adc_high": 0.7, "adc_relative": 0.8, "dwi_factor": 1.2, "csf_adc": 1.8, "edge_erosion_mm": 2.0,
+                "min_lesion_ml": 0.5}
+
+
+def test_each_rule_option_of_the_registry_is_what_case_prediction_records(two_models):
+    instance, _, tmp_path = two_models
+    models = [ModelSpec(f"rules:{name.replace('_', '-')}", options={name: value}) for name, value in RULE_OPTIONS.items()]
+    registry = write_registry(tmp_path / "options.yaml", [RULES, *models])
+    register_models(instance, [m.name for m in models])
+    tags = {"dagster/asset_partition_range_start": case_model_key(CASES[0], models[0].name),
+            "dagster/asset_partition_range_end": case_model_key(CASES[0], models[-1].name)}
+    assert dg.materialize([case_prediction], instance=instance, resources=resources_for(None, tmp_path / "data", registry), tags=tags).success
+
+    def recorded(model: ModelSpec) -> dict:
+        return json.loads((tmp_path / "data" / "cases" / CASES[0] / "models" / model.slug / "prediction.json").read_text())
+
+    defaults = recorded(RULES)["ran_with"]
+    assert set(defaults) == set(RULE_OPTIONS) and recorded(RULES)["options"] == {}
+    for model, (name, value) in zip(models, RULE_OPTIONS.items(), strict=True):
+        assert recorded(model)["options"] == {name: value} and recorded(model)["ran_with"] == {**defaults, name: value}, name

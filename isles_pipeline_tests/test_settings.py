@@ -4,10 +4,12 @@ imported), every variable of README's table reaching the definitions it sets."""
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Iterator
 
 import dagster as dg
 import pytest
+import torch
 
 import isles_pipeline.definitions
 from isles_pipeline import nifti, source
@@ -104,3 +106,58 @@ def test_a_bad_value_fails_the_build_in_one_line_naming_the_variable_not_the_imp
     with pytest.raises(SettingsError) as caught:
         module.build_defs()
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
+
+
+def test_the_model_and_data_settings_are_what_case_prediction_records(hub, replica_dir, tmp_path, monkeypatch):
+    """ISLES_MODELS, ISLES_SEGMENTER/ISLES_CHECKPOINT, ISLES_DEVICE, ISLES_DATA_DIR, ISLES_HF_REPO,
+    ISLES_HF_REVISION and HF_ENDPOINT, set as a user sets them, seen in prediction.json."""
+    from huggingface_hub import HfApi
+
+    from isles_pipeline.defs.partitions import case_model_key
+    from isles_pipeline.failures import read_failure
+    from isles_pipeline.models import ModelSpec, write_registry
+    from isles_pipeline.store import CaseStore
+    from isles_pipeline.weights import fingerprint
+    from isles_pipeline_tests.chain import register_models, save_weights
+
+    case = "sub-stroke0001"
+    hub.add_repo("dataset", "lab/isles-mirror", replica_dir)
+    commit = HfApi(endpoint=hub.url).dataset_info("lab/isles-mirror").sha
+    loose = ModelSpec("rules:loose", options={"dwi_factor": 1.15})
+    monkeypatch.chdir(tmp_path)
+    for variable, value in {"ISLES_DATA_DIR": str(tmp_path / "data"), "ISLES_HF_REPO": "lab/isles-mirror", "ISLES_HF_REVISION": commit,
+                            "HF_ENDPOINT": hub.url, "ISLES_DEVICE": "cpu",
+                            "ISLES_MODELS": str(write_registry(tmp_path / "loose.yaml", [loose]))}.items():
+        monkeypatch.setenv(variable, value)
+
+    def run(model: str) -> dict:
+        with dg.instance_for_test() as instance:
+            register_models(instance, [model])
+            defs = isles_pipeline.definitions.build_defs()
+            assert defs.resolve_job_def("case_inputs_job").execute_in_process(partition_key=case, instance=instance).success
+            defs.resolve_job_def("model_chain").execute_in_process(partition_key=case_model_key(case, model), instance=instance,
+                                                                    raise_on_error=False)
+        path = tmp_path / "data" / "cases" / case / "models" / model.replace(":", "_") / "prediction.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    recorded = run(loose.name)
+    assert (recorded["model"], recorded["options"], recorded["ran_with"]["dwi_factor"]) == ("rules:loose", {"dwi_factor": 1.15}, 1.15)
+    assert recorded["dataset"] == {"repo_id": "lab/isles-mirror", "revision": commit, "shard_oid": recorded["dataset"]["shard_oid"]}
+    assert recorded["requested_device"] == "cpu" and recorded["fingerprint"] == fingerprint(loose).value
+
+    monkeypatch.delenv("ISLES_MODELS")
+    save_weights(tmp_path / "model.ts", 0.5)
+    monkeypatch.setenv("ISLES_SEGMENTER", "network")
+    monkeypatch.setenv("ISLES_CHECKPOINT", str(tmp_path / "model.ts"))
+    recorded = run("network:given")
+    given = ModelSpec("network:given", str(tmp_path / "model.ts"))
+    assert (recorded["segmenter"], recorded["weights"], recorded["fingerprint"]) == ("network", fingerprint(given).weights,
+                                                                                     fingerprint(given).value)
+    assert recorded["ran_with"]["roi_size"] == [16, 16, 16]  # the checkpoint's sidecar
+
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("ISLES_DEVICE", "cuda")
+        (tmp_path / "data" / "cases" / case / "models" / "network_given" / "prediction.json").unlink()
+        assert run("network:given") == {}
+        note = read_failure(CaseStore(tmp_path / "data"), case, "case_prediction.network_given")
+        assert "device 'cuda' was requested but CUDA is not available" in note["cause"]

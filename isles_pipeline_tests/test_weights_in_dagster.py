@@ -8,35 +8,17 @@ import json
 from datetime import datetime, timezone
 
 import dagster as dg
-import torch
 from dagster._utils.test.data_versions import get_stale_status_resolver  # the resolver the UI's staleness uses
 
 from isles_pipeline.catalogue import CASE_IDS
 from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.partitions import case_model_key, range_tags
 from isles_pipeline.models import ModelSpec, write_registry
-from isles_pipeline.segment.checkpoints import sidecar_text, torchscript_bytes
 from isles_pipeline.settings import Settings
 from isles_pipeline.weights import fingerprint
-from isles_pipeline_tests.chain import Automation, register_models
+from isles_pipeline_tests.chain import Automation, register_models, save_weights
 
 CASES = list(CASE_IDS[:3])
-
-
-class Threshold(torch.nn.Module):
-    """Lesion where the DWI channel (input channels [ADC, DWI]) is above a threshold."""
-
-    def __init__(self, threshold: float):
-        super().__init__()
-        self.threshold = torch.nn.Parameter(torch.tensor(threshold))
-
-    def forward(self, x):
-        return torch.cat([torch.zeros_like(x[:, :1]), x[:, 1:2] - self.threshold], dim=1)
-
-
-def save_weights(path, threshold: float) -> None:
-    path.write_bytes(torchscript_bytes(torch.jit.script(Threshold(threshold))))
-    path.with_suffix(".json").write_text(sidecar_text({"target_spacing": [4.0, 4.0, 4.0], "roi_size": [16, 16, 16], "overlap": 0.25}))
 
 
 def statuses(defs: dg.Definitions, instance: dg.DagsterInstance, model: str) -> dict[str, set[str]]:
