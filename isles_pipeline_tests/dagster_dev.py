@@ -11,7 +11,7 @@ Usage::
     with dagster_dev_stack(tmp_path / "stack", replica_dir) as stack:
         backfill_id = stack.client.launch_asset_backfill(["case_inputs"], case_ids)
         stack.client.wait_for_backfill(backfill_id)
-        # the models_after_inputs sensor runs every registered model on the fetched cases
+        # the chain_automation sensor runs every registered model on the fetched cases
         stack.client.wait_for_materialized("case_metrics", model_keys(case_ids))
 """
 
@@ -258,7 +258,7 @@ query ($filter: RunsFilter!) { runsOrError(filter: $filter) {
 
 SENSOR_TICKS = """
 { repositoriesOrError { ... on RepositoryConnection { nodes {
-  sensors { name sensorState { ticks(limit: 50) { status skipReason runIds } } } } } } }
+  sensors { name sensorState { ticks(limit: 50) { status skipReason runIds timestamp } } } } } } }
 """
 
 LOCATION_STATUS = """
