@@ -7,9 +7,9 @@ slows both alike.
 Demo: ``isles-pipeline demo`` itself (``run_demo``) in a fresh interpreter (imports included) on
 the same replica: every case through the chain with the built-in ``rules`` model, then the report
 and the leaderboard. Backfill: what the README has a user do in the UI, over GraphQL: a
-partition backfill of ``case_inputs``; ``models_after_inputs`` runs the registered model on each
-fetched batch, and ``report_after_backfill`` refreshes the report and the leaderboard once all of
-it has ended. Timed from the launch until that report run has finished; ``dagster dev`` is started
+partition backfill of ``case_inputs``; Declarative Automation (``chain_automation``) runs the
+registered model on the fetched cases and refreshes the report and the leaderboard once nothing of
+the chain is in progress. Timed from the launch until that report run has finished; ``dagster dev`` is started
 before the clock starts (a one-off, reported apart). ``--executor multiprocess`` puts the code
 location on ISLES_DEPLOYMENT=cluster's executor (a process per step) for comparison.
 """
@@ -60,14 +60,14 @@ def time_backfill(work: Path, replica: Path, n: int, executor: str) -> dict:
         backfill_id = client.launch_asset_backfill(["case_inputs"], list(CASE_IDS[:n]), title=f"bench-{n}")
         client.wait_for_backfill(backfill_id, timeout_s=3600, poll_s=0.5)
         fetched_at = time.time()
-        report_key = f"report-after-backfill-{backfill_id}"
-        report = None
+        report, automated = None, []
         while report is None and time.time() - fetched_at < 1800:
-            runs = [r for r in client.runs("report_job") if r["tags"].get("dagster/run_key") == report_key]
-            report = runs[0] if runs and runs[0]["status"] in ("SUCCESS", "FAILURE") else None
+            automated = [{**r, **client.run_assets(r["runId"])} for r in client.runs(tags={"dagster/from_automation_condition": "true"})]
+            reports = [r for r in automated if "metrics_report" in r["assets"] and r["status"] in ("SUCCESS", "FAILURE")]
+            report = reports[0] if reports else None
             time.sleep(0.5)
         fetch_runs = client.runs(tags={"dagster/backfill": backfill_id})
-        model_runs = client.runs(tags={"isles/after_backfill": backfill_id})
+        model_runs = [r for r in automated if "case_prediction" in r["assets"]]
     if report is None or report["status"] != "SUCCESS":
         raise RuntimeError(f"backfill {backfill_id}: no successful report run ({report})")
     timed = [r for r in fetch_runs + model_runs if r["endTime"] and r["startTime"]]

@@ -371,14 +371,16 @@ def test_bad_sidecars_and_options_fail_clearly(tmp_path: Path) -> None:
         NetworkSegmenter(checkpoint, device="cpu", overlap=1.5)
 
 
-def test_make_segmenter_passes_network_options_and_the_rule_segmenter_ignores_them(tmp_path: Path) -> None:
+def test_make_segmenter_passes_each_segmenter_its_own_options_and_refuses_others(tmp_path: Path) -> None:
     checkpoint = save_script(OracleNet(), tmp_path / "model.ts")
     options = {"target_spacing": [3.0, 3.0, 3.0], "roi_size": [16, 16, 16], "sw_batch_size": 1, "amp": False}
     network = make_segmenter("network", device="cpu", checkpoint=str(checkpoint), **options)
     network.load()
     assert network.settings.target_spacing == (3.0, 3.0, 3.0) and network.sw_batch_size == 1 and network.amp is False
-    rules = make_segmenter("rules", device="cpu", **options, dwi_factor=1.6)  # would be a TypeError if passed on
+    rules = make_segmenter("rules", device="cpu", dwi_factor=1.6)
     assert isinstance(rules, RuleSegmenter) and rules.params == RuleParams(dwi_factor=1.6)
+    with pytest.raises(ValueError, match="option amp: unknown to the rules segmenter; its options: adc_low, "):
+        make_segmenter("rules", device="cpu", **options)  # an option that would do nothing is refused
 
 
 def test_hub_specs_download_the_sidecar_with_the_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,7 +3,7 @@
 Starts the whole stack (replica behind the local Hub server, ``dagster dev``; see
 ``isles_pipeline_tests/dagster_dev.py``) with two registered models (``rules`` and
 ``rules:loose``), backfills case_inputs for the first three cases over GraphQL (the
-``models_after_inputs`` sensor then runs both models), and lets headless Chromium render the
+``chain_automation`` then runs both models), and lets headless Chromium render the
 asset's case x model partitions view with one (case, model)'s metadata and overlay picture; the
 PNG goes to ``--out`` (default ``docs/ui-case-metrics.png``). Not part of CI.
 
