@@ -9,7 +9,8 @@ the same replica: every case through the chain with the built-in ``rules`` model
 and the leaderboard. Backfill: what the README has a user do in the UI, over GraphQL: a
 partition backfill of ``case_inputs``; Declarative Automation (``chain_automation``) runs the
 registered model on the fetched cases and refreshes the report and the leaderboard once nothing of
-the chain is in progress. Timed from the launch until that report run has finished; ``dagster dev`` is started
+the chain is in progress. Timed from the launch until the first report run has finished (then the
+report runs are counted 45 s later); ``dagster dev`` is started
 before the clock starts (a one-off, reported apart). ``--executor multiprocess`` puts the code
 location on ISLES_DEPLOYMENT=cluster's executor (a process per step) for comparison.
 """
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+REPORT_SETTLE_S = 45
 sys.path.insert(0, str(REPO_ROOT))
 
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
@@ -66,8 +68,11 @@ def time_backfill(work: Path, replica: Path, n: int, executor: str) -> dict:
             reports = [r for r in automated if "metrics_report" in r["assets"] and r["status"] in ("SUCCESS", "FAILURE")]
             report = reports[0] if reports else None
             time.sleep(0.5)
+        time.sleep(REPORT_SETTLE_S)  # would a second report follow? (the daemons loop every 30 s)
+        automated = [{**r, **client.run_assets(r["runId"])} for r in client.runs(tags={"dagster/from_automation_condition": "true"})]
         fetch_runs = client.runs(tags={"dagster/backfill": backfill_id})
         model_runs = [r for r in automated if "case_prediction" in r["assets"]]
+        report_runs = [r for r in automated if "metrics_report" in r["assets"]]
     if report is None or report["status"] != "SUCCESS":
         raise RuntimeError(f"backfill {backfill_id}: no successful report run ({report})")
     timed = [r for r in fetch_runs + model_runs if r["endTime"] and r["startTime"]]
@@ -75,11 +80,14 @@ def time_backfill(work: Path, replica: Path, n: int, executor: str) -> dict:
         # launch -> first run's process started; last run ended -> report run started
         "to_first_run_s": min(r["startTime"] for r in timed) - launched_at,
         "after_last_run_s": report["startTime"] - max(r["endTime"] for r in timed),
+        # the automation's reaction: last fetch run ended -> first model run started
+        "models_after_fetch_s": min(r["startTime"] for r in model_runs) - max(r["endTime"] for r in fetch_runs),
         "startup_s": startup,
         "fetch_backfill_s": fetched_at - launched_at,
         "total_s": report["endTime"] - launched_at,
         "fetch_runs": len(fetch_runs),
         "model_runs": len(model_runs),
+        "report_runs": len(report_runs),
         "run_seconds": sum(r["endTime"] - r["startTime"] for r in timed),
     }
 
@@ -113,12 +121,12 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     print("\n| cases | executor | demo s (median) | backfill s (median) | ratio (median) | overhead s (median) "
-          "| fetch + model runs | dagster dev start s |")
+          "| fetch + model + report runs | dagster dev start s |")
     print("|---|---|---|---|---|---|---|---|")
     for n in args.cases:
         mine = [r for r in rows if r["cases"] == n]
         print(f"| {n} | {args.executor} | {_median(mine, 'demo_s'):.1f} | {_median(mine, 'total_s'):.1f} | "
-              f"{_median(mine, 'ratio'):.2f} | {_median(mine, 'overhead_s'):.1f} | {mine[0]['fetch_runs']} + {mine[0]['model_runs']} "
+              f"{_median(mine, 'ratio'):.2f} | {_median(mine, 'overhead_s'):.1f} | {mine[0]['fetch_runs']} + {mine[0]['model_runs']} + {mine[0]['report_runs']} "
               f"| {_median(mine, 'startup_s'):.0f} |")
     return 0
 

@@ -63,9 +63,8 @@ class DemoRunner:
     def register_models(self) -> list[str]:
         """One tick of ``model_registry_sensor``, its partition requests applied as the daemon
         applies them; then the models' weights observed. Returns every registered name."""
-        sensor = self.defs.get_sensor_def(model_registry_sensor.name)
-        with dg.build_sensor_context(instance=self.instance, definitions=self.defs, resources=self.defs.resources) as context:
-            tick = sensor.evaluate_tick(context)
+        with dg.build_sensor_context(instance=self.instance, resources={"models": self.defs.resources["models"]}) as context:
+            tick = model_registry_sensor.evaluate_tick(context)
         for request in tick.dynamic_partitions_requests or []:
             self.instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
         self.defs.resolve_job_def("observe_model_weights").execute_in_process(run_config=QUIET_LOGS, instance=self.instance)

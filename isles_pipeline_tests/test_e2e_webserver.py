@@ -1,7 +1,7 @@
 """End to end through the webserver: ``dagster dev`` on a replica behind the local Hub server,
 a backfill of case_inputs for three cases launched and followed over GraphQL, the registered
 model (the built-in ``rules``) run on them by Declarative Automation (``chain_automation``), the
-report refreshed once after it, then what the UI reports (partition counts, Dice metadata)
+report refreshed once after it (``report_automation``), then what the UI reports (partition counts, Dice metadata)
 checked against the files on disk.
 
 The module fixture does all of it and stops the stack before the tests look at the outcome, so
@@ -85,13 +85,13 @@ def outcome(tmp_path_factory, replica_dir) -> BackfillOutcome:
 
 
 def wait_for_the_report(client, after: float, timeout_s: float = 240.0) -> list[dict[str, Any]]:
-    """Wait until an automated run of metrics_report has ended, and chain_automation has ticked once
+    """Wait until an automated run of metrics_report has ended, and report_automation has ticked once
     more after it (so that a second report would have been requested); return every such run."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         reports = [r for r in (client.run_assets(run["runId"]) for run in client.runs(tags=AUTOMATED)) if "metrics_report" in r["assets"]]
         ended = [r for r in reports if r["status"] in ("SUCCESS", "FAILURE") and r["startTime"] >= after]
-        ticks = [t for t in client.sensor_ticks("chain_automation") if ended and t["timestamp"] > max(r["endTime"] for r in ended)]
+        ticks = [t for t in client.sensor_ticks("report_automation") if ended and t["timestamp"] > max(r["endTime"] for r in ended)]
         if ticks and all(t["status"] != "STARTED" for t in ticks):
             return reports
         time.sleep(2)
@@ -167,7 +167,7 @@ def test_the_ui_shows_the_automation_sensors_probe_and_gpu_pool(outcome):
     assert repository["schedules"] == []
     sensors = {s["name"]: s["sensorState"]["status"] for s in repository["sensors"]}
     assert sensors == {"arrow_issue_sensor": "STOPPED", "nightly_fetch": "STOPPED", "chain_automation": "RUNNING",
-                       "model_registry_sensor": "RUNNING"}
+                       "report_automation": "RUNNING", "model_registry_sensor": "RUNNING"}
     nodes = {"/".join(n["assetKey"]["path"]): n for n in outcome.automation["assetNodes"]}
     assert nodes["case_prediction"]["pools"] == ["gpu"]
     assert nodes["pyarrow_hang_probe"]["groupName"] == "upstream"

@@ -72,7 +72,8 @@ def test_definitions_have_149_case_partitions_and_the_gpu_pool():
     assert len(CASE_IDS) == 149
     assert defs.resolve_assets_def("case_prediction").op.pool == "gpu"
     assert {j.name for j in defs.jobs} >= {"case_inputs_job", "model_chain", "report_job", "observe_model_weights", "pyarrow_probe_job"}
-    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "model_registry_sensor", "nightly_fetch", "chain_automation"}
+    assert {s.name for s in defs.sensors} == {"arrow_issue_sensor", "model_registry_sensor", "nightly_fetch", "chain_automation",
+                                              "report_automation"}
     assert not list(defs.schedules or [])
 
 

@@ -85,7 +85,8 @@ def test_the_defaults_and_nothing_from_the_environment(monkeypatch):
     assert defs.resources["case_store"].data_dir == ".isles/data"  # a plain value: nothing to resolve on a worker
     assert {s.name: s.default_status for s in defs.sensors} == {
         "nightly_fetch": dg.DefaultSensorStatus.STOPPED, "arrow_issue_sensor": dg.DefaultSensorStatus.STOPPED,
-        "chain_automation": dg.DefaultSensorStatus.RUNNING, "model_registry_sensor": dg.DefaultSensorStatus.RUNNING}
+        "chain_automation": dg.DefaultSensorStatus.RUNNING, "report_automation": dg.DefaultSensorStatus.RUNNING,
+        "model_registry_sensor": dg.DefaultSensorStatus.RUNNING}
     assert defs.resolve_job_def("model_chain").executor_def.name == "in_process"
 
 

@@ -16,7 +16,7 @@ def fetch_metadata(result: FetchResult) -> dict:
     return {
         "revision": summary["revision"],
         "shard": summary["shard"],
-        # also the data version of a one-case run; batch runs carry it here only
+        # also the data version (a run of several cases records it as data_version, per case)
         "shard_oid": summary["shard_oid"],
         "shard_bytes": dg.MetadataValue.int(summary["shard_bytes"]),
         "skipped_download": dg.MetadataValue.bool(result.skipped),

@@ -30,7 +30,11 @@ def observe_model_weights(context, models: ModelRegistryResource) -> dg.DataVers
     registry, known = models.registry(), set(context.instance.get_dynamic_partitions(model_partitions.name))
     versions = {}
     for spec in (m for m in registry.models if m.name in known):
-        found = fingerprint(spec, models.endpoint)
+        try:
+            found = fingerprint(spec, models.endpoint)
+        except Exception as exc:  # one model's missing weights do not hide the others' changes
+            context.log.error(f"model {spec.name}: no fingerprint, its version is kept: {type(exc).__name__}: {exc}")
+            continue
         context.log.info(f"model {spec.name}: fingerprint {found.value} ({found.weights or 'no weights'})")
         versions[spec.name] = found.value
     return dg.DataVersionsByPartition(versions)
