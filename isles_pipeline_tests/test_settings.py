@@ -109,7 +109,13 @@ def test_a_bad_value_fails_the_build_in_one_line_naming_the_variable_not_the_imp
     assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
 
 
-def test_the_model_and_data_settings_are_what_case_prediction_records(hub, replica_dir, tmp_path, monkeypatch):
+@pytest.fixture()
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_the_model_and_data_settings_are_what_case_prediction_records(hub, replica_dir, tmp_path, monkeypatch, instance):
     """ISLES_MODELS, ISLES_SEGMENTER/ISLES_CHECKPOINT, ISLES_DEVICE, ISLES_DATA_DIR, ISLES_HF_REPO,
     ISLES_HF_REVISION and HF_ENDPOINT, set as a user sets them, seen in prediction.json."""
     from huggingface_hub import HfApi
@@ -131,13 +137,14 @@ def test_the_model_and_data_settings_are_what_case_prediction_records(hub, repli
                             "ISLES_MODELS": str(write_registry(tmp_path / "loose.yaml", [loose]))}.items():
         monkeypatch.setenv(variable, value)
 
+    assert isles_pipeline.definitions.build_defs().resolve_job_def("case_inputs_job").execute_in_process(
+        partition_key=case, instance=instance).success
+
     def run(model: str) -> dict:
-        with dg.instance_for_test() as instance:
-            register_models(instance, [model])
-            defs = isles_pipeline.definitions.build_defs()
-            assert defs.resolve_job_def("case_inputs_job").execute_in_process(partition_key=case, instance=instance).success
-            defs.resolve_job_def("model_chain").execute_in_process(partition_key=case_model_key(case, model), instance=instance,
-                                                                    raise_on_error=False)
+        """case_prediction for the case with the definitions built now; what it recorded."""
+        register_models(instance, [model])
+        isles_pipeline.definitions.build_defs().resolve_job_def("model_chain").execute_in_process(
+            partition_key=case_model_key(case, model), instance=instance, raise_on_error=False)
         path = tmp_path / "data" / "cases" / case / "models" / model.replace(":", "_") / "prediction.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
