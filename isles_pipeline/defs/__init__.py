@@ -1,4 +1,4 @@
-"""The Dagster layer: resources, partitioned assets, checks, sensors and schedules that wire
+"""The Dagster layer: resources, partitioned assets, checks, automation and sensors that wire
 the plain-Python science modules of ``isles_pipeline`` into a pipeline."""
 
 import warnings

@@ -13,8 +13,8 @@ the others. What happens to a failure depends on its kind, the same in one-case 
   ``Failure(allow_retries=False)`` names every failed case and its cause.
 
 When a batch ends with failures, the cases that succeeded are still recorded as materialised
-and Dagster marks exactly the failed partitions as failed; the backfill schedule retries failed
-cases alone. Every failure's cause goes to the run log, the step's metadata and a note in the
+and Dagster marks exactly the failed partitions as failed; the nightly automation tries the failed
+cases again. Every failure's cause goes to the run log, the step's metadata and a note in the
 store (``failures.py``), which the report reads.
 """
 
