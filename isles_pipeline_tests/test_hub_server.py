@@ -22,9 +22,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from huggingface_hub import HfFileSystem, hf_hub_download
+from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -234,6 +236,47 @@ def test_hf_hub_download_errors(server: HubServer, tmp_path: Path) -> None:
         hf_hub_download(MODEL, "missing.bin", endpoint=server.url, cache_dir=tmp_path)
 
 
+def test_snapshot_download_with_allow_patterns(server: HubServer, model_dir: Path, tmp_path: Path) -> None:
+    """What the model downloads use: repo info, one recursive tree listing, then only the files asked for."""
+    commit = HfApi(endpoint=server.url).model_info(MODEL).sha
+    folder = Path(snapshot_download(MODEL, revision=commit, allow_patterns=["*.json"], endpoint=server.url, cache_dir=tmp_path))
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]
+    assert (folder / "config.json").read_bytes() == (model_dir / "config.json").read_bytes()
+    assert not any("weights.bin" in r.path for r in server.stats.log if r.route_kind == "resolve")
+    assert server.stats.requests_by_route["tree"] == 1
+
+
+TOKEN = "hf_LocalHubToken0123456789"
+
+
+@pytest.mark.parametrize("access", ["private", "gated"])
+def test_private_and_gated_repos_need_their_token(model_dir: Path, tmp_path: Path, access: str) -> None:
+    with HubServer() as hub:
+        hub.add_repo("model", MODEL, model_dir, access=access, token=TOKEN)
+        download = dict(endpoint=hub.url, cache_dir=tmp_path / "cache")
+        api = HfApi(endpoint=hub.url)
+        if access == "private":  # as the Hub does: no sign that it exists
+            with pytest.raises(RepositoryNotFoundError):
+                api.model_info(MODEL, token=False)
+            with pytest.raises(RepositoryNotFoundError):
+                hf_hub_download(MODEL, "config.json", token=False, **download)
+        else:  # its card and file list are public, its files are not
+            assert api.model_info(MODEL, token=False).gated == "manual"
+            with pytest.raises(GatedRepoError):
+                hf_hub_download(MODEL, "config.json", token=False, **download)
+        with pytest.raises(HfHubHTTPError, match="401") as refused:  # a token the Hub does not know
+            hf_hub_download(MODEL, "config.json", token="hf_unknown", **download)
+        assert not isinstance(refused.value, RepositoryNotFoundError)
+        assert Path(hf_hub_download(MODEL, "config.json", token=TOKEN, **download)).read_bytes() == b'{"channels": 2}\n'
+        assert api.whoami(token=TOKEN)["auth"]["accessToken"]["displayName"] == "local-hub"
+        with pytest.raises(HfHubHTTPError, match="Invalid user token"):
+            api.whoami(token="hf_unknown")
+        assert [r.authenticated for r in hub.stats.log if r.route_kind == "whoami"] == [True, True]
+        with pytest.raises(ValueError, match="needs a token"):
+            hub.add_repo("model", "org/other", model_dir, access=access)
+    assert_only_known_routes(hub)
+
+
 def test_paths_info_form_and_json_bodies(server: HubServer) -> None:
     url = f"{server.url}/api/datasets/{DATASET}/paths-info/main"
     status, _, body = http_get(url, method="POST", data=b"paths=README.md&paths=data&paths=nope&expand=true")
@@ -317,7 +360,7 @@ def test_stats_count_one_range_read_exactly(server: HubServer, fs: HfFileSystem)
         assert len(f.read(100)) == 100
     stats = server.stats
     assert stats.total_requests == 1
-    assert stats.requests_by_route == {"repo_info": 0, "tree": 0, "paths_info": 0, "resolve": 1, "agent_harnesses": 0, "other": 0}
+    assert stats.requests_by_route == {"repo_info": 0, "tree": 0, "paths_info": 0, "resolve": 1, "agent_harnesses": 0, "whoami": 0, "other": 0}
     assert (stats.range_requests, stats.bytes_sent) == (1, 100)
     (record,) = stats.log
     assert (record.method, record.route_kind, record.range, record.status, record.bytes_sent) == (
