@@ -32,7 +32,7 @@ from huggingface_hub import HfApi, HfFileSystem
 
 from . import nifti
 from .catalogue import DEFAULT_REPO_ID, IMAGE_COLUMNS, shard_path
-from .hub_client import bound_client_timeouts, check_resolvable, classify, hub_faults, hub_token_setting
+from .hub_client import bound_client_timeouts, check_resolvable, classify, hub_faults
 from .retry import call_with_retries
 
 MASK_COLUMN = "lesion_mask"
@@ -55,7 +55,8 @@ class CaseDataError(ValueError):
 
 @dataclass(frozen=True)
 class ShardSource:
-    """Where shards come from. The token is never part of it: ``HF_TOKEN`` is read by the client."""
+    """Where shards come from. The token is never part of it: the client finds it (``HF_TOKEN``,
+    else the stored ``hf auth login``)."""
 
     repo_id: str = DEFAULT_REPO_ID
     revision: str = "main"
@@ -141,7 +142,7 @@ class ShardReader:
     def fs(self) -> HfFileSystem:
         if self._fs is None:
             bound_client_timeouts()
-            self._fs = HfFileSystem(endpoint=self.endpoint, token=hub_token_setting(), skip_instance_cache=True)
+            self._fs = HfFileSystem(endpoint=self.endpoint, skip_instance_cache=True)
         return self._fs
 
     def commit(self, case_id: str | None = None) -> str:
@@ -149,7 +150,7 @@ class ShardReader:
         if self._commit is None:
             check_resolvable(self.endpoint, case_id)
             bound_client_timeouts()
-            api, source = HfApi(endpoint=self.endpoint, token=hub_token_setting()), self.source
+            api, source = HfApi(endpoint=self.endpoint), self.source
             with hub_faults(self.endpoint, case_id, self.target):
                 info = call_with_retries(
                     lambda: api.repo_info(source.repo_id, repo_type="dataset", revision=source.revision),

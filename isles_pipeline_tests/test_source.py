@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,6 +19,8 @@ from isles_pipeline.inputs import fetch_case, read_manifest
 from isles_pipeline.nifti import as_mask, voxel_volume_ml
 from isles_pipeline.source import CaseDataError, ShardReader, ShardSource, column_chunk_bytes
 from isles_pipeline.store import CaseStore
+
+from .processes import run_measured, user_env
 
 CASE = CASE_IDS[1]
 
@@ -229,18 +234,50 @@ def test_a_connection_reset_mid_body_is_ridden_out(hub, replica_dir, tmp_path):
     assert len([r for r in hub.stats.log if r.route_kind == "resolve"]) == result.transfer.requests + 1
 
 
-def test_the_token_comes_from_hf_token_only(hub, monkeypatch, tmp_path):
-    from huggingface_hub import constants
+PRIVATE_REPO = "lab/isles24-private"
 
-    token_file = tmp_path / "token"
-    token_file.write_text("hf_fromTheTokenFile")
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(token_file))  # where `hf auth login` saves one
-    reader_for(hub).read_case(CASE)
-    assert not any(r.authenticated for r in hub.stats.log)  # a token file alone is not used
+
+def hf_auth_login(token: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``hf auth login --token`` as a user runs it: it asks the Hub who the token is, then stores it."""
+    hf = Path(sys.executable).with_name("hf")
+    return subprocess.run([str(hf), "auth", "login", "--token", token], env=env, capture_output=True, text=True, timeout=120)
+
+
+def files_holding(folder: Path, secret: str) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+@pytest.mark.timeout(300)
+def test_the_token_is_hf_token_else_the_stored_login_and_never_written(hub, replica_dir, tmp_path):
+    """A private dataset repo, read by ``isles-pipeline fetch`` in fresh processes: a stored login
+    (``hf auth login`` in a fresh HF_HOME) is sent as the Authorization header, ``HF_TOKEN`` comes
+    before it, and the token appears in no output, log line or file the pipeline writes."""
+    secret = "hf_PrivateLogin0123456789abcdef"
+    hub.add_repo("dataset", PRIVATE_REPO, replica_dir, access="private", token=secret)
+    hf_home = tmp_path / "hf-home"
+    env = user_env(HF_HOME=str(hf_home), HF_ENDPOINT=hub.url, ISLES_HF_REPO=PRIVATE_REPO)
+
+    not_logged_in = run_measured(["fetch", CASE, "--out", str(tmp_path / "a")], env)
+    assert not_logged_in.returncode != 0
+    assert "repo not found (or private: set HF_TOKEN or run `hf auth login`)" in not_logged_in.stderr
+    assert not any(r.authenticated for r in hub.stats.log)
+
+    login = hf_auth_login(secret, env)
+    assert login.returncode == 0, login.stderr
+    assert (hf_home / "token").read_text().strip() == secret  # where the client keeps it, not the pipeline
     hub.reset_stats()
-    monkeypatch.setenv("HF_TOKEN", "hf_fromTheEnvironment")
-    reader_for(hub).read_case(CASE)
+    data = tmp_path / "data"
+    done = run_measured(["fetch", CASE, "--out", str(data)], env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout)["files"]["dwi"]["sha256"] == hashlib.sha256(shard_cells(replica_dir, CASE)["dwi"]).hexdigest()
     assert hub.stats.log and all(r.authenticated for r in hub.stats.log)
+    assert secret not in done.stdout + done.stderr
+    assert files_holding(data, secret) == []
+
+    overridden = run_measured(["fetch", CASE, "--out", str(tmp_path / "b")], {**env, "HF_TOKEN": "hf_NotTheLoginToken"})
+    assert overridden.returncode != 0
+    assert "access denied (HTTP 401)" in overridden.stderr  # HF_TOKEN was sent, not the stored login
+    assert secret not in overridden.stdout + overridden.stderr
 
 
 # --- why the column chunks are fetched by the reader, not by pyarrow's pre-buffering ------------
