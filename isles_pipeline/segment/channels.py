@@ -3,6 +3,7 @@
 The built-in segmenters read DWI and ADC. An nnU-Net model names its input channels in its
 ``dataset.json`` (``channel_names``: {"0": "DWI", "1": "ADC"}); :func:`column_for_channel` maps
 each name, case-insensitively and through common aliases, to one of the shard's image columns.
+Only that one file is read (downloaded, for a Hub model): no weights, no torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+from .hub_models import HUB_PREFIX, CheckpointError, download_dataset_json
 
 # The MRI pair every built-in segmenter reads.
 MRI_COLUMNS = ("dwi", "adc")
@@ -49,13 +52,19 @@ def columns_for_channels(channel_names: dict[str, str], model: str = "the model"
 def input_columns_for(name: str, checkpoint: str | None = None) -> tuple[str, ...]:
     """The image columns (shard column names) that segmenter ``name`` with ``checkpoint`` reads."""
     if name == "nnunet" and checkpoint:
-        local = Path(checkpoint).expanduser() / "dataset.json"
-        if local.is_file():  # read here: a local folder needs no torch import
-            return columns_for_channels(read_channel_names(local), f"nnU-Net model {checkpoint}")
-        from .nnunet import model_columns  # a Hub repo: downloaded (and cached) through the client
-
-        return model_columns(checkpoint)
+        return columns_for_channels(read_channel_names(dataset_json(checkpoint)), f"nnU-Net model {checkpoint}")
     return MRI_COLUMNS
+
+
+def dataset_json(model: str) -> Path:
+    """The ``dataset.json`` of an nnU-Net model folder: a local folder's own, or that one file of a
+    Hub model repo, downloaded into the Hugging Face cache."""
+    local = Path(model).expanduser()
+    if model.startswith(HUB_PREFIX) or not local.exists():
+        return download_dataset_json(model)
+    if not (local / "dataset.json").is_file():
+        raise CheckpointError(f"nnU-Net model folder {model!r} has no dataset.json")
+    return local / "dataset.json"
 
 
 def read_channel_names(dataset_json: Path) -> dict[str, str]:

@@ -3,8 +3,9 @@
 A model folder holds ``dataset.json`` (its ``channel_names`` say which images it reads),
 ``plans.json`` and ``fold_K/checkpoint_final.pth`` (or ``checkpoint_best.pth``); every fold
 present, or the ones asked for, is ensembled as nnU-Net does (mean of the logits). The folder is
-a local path or a Hub model repo ``[hf://]org/name[@revision][:subfolder]``, downloaded through
-the same client and retries as the ``network`` segmenter's checkpoints.
+a local path or a Hub model repo ``[hf://]org/name[@revision][:subfolder]``, downloaded by
+``snapshot_download`` as the ``network`` segmenter's checkpoints are
+(:mod:`~isles_pipeline.segment.hub_models`).
 
 nnU-Net reads images with the reader its plans name; ``SimpleITKIO`` and ``NibabelIO`` both hand
 the network the voxel array with its axes reversed (z, y, x) and the spacing reversed, and
@@ -21,7 +22,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,7 @@ from nibabel.orientations import apply_orientation, io_orientation, ornt_transfo
 from isles_pipeline.nifti import voxel_sizes_mm
 from isles_pipeline.segment.base import resolve_device
 from isles_pipeline.segment.channels import columns_for_channels, read_channel_names
-from isles_pipeline.segment.checkpoints import CheckpointError, download_model_folder, parse_hub_spec
+from isles_pipeline.segment.hub_models import HUB_PREFIX, CheckpointError, download_model_folder, parse_hub_spec
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 # Readers whose array layout is the image's voxel axes reversed; the *Reorient ones reorient first.
@@ -43,7 +43,7 @@ def resolve_model_folder(spec: str | os.PathLike[str], endpoint: str | None = No
     """A local trained-model folder for ``spec`` (a path, or a Hub repo downloaded into the HF cache)."""
     text = os.fspath(spec)
     local = Path(text).expanduser()
-    if not text.startswith("hf://") and local.exists():
+    if not text.startswith(HUB_PREFIX) and local.exists():
         folder = local
     elif parse_hub_spec(text) is not None:
         folder = download_model_folder(text, endpoint)
@@ -73,17 +73,6 @@ def pick_checkpoint_name(folder: Path, checkpoint_name: str | None) -> str:
 def channel_names(folder: Path) -> dict[str, str]:
     """``dataset.json``'s ``channel_names`` (older folders call it ``modality``)."""
     return read_channel_names(folder / "dataset.json")
-
-
-@lru_cache(maxsize=32)
-def _model_columns_cached(spec: str) -> tuple[str, ...]:
-    folder = resolve_model_folder(spec)
-    return columns_for_channels(channel_names(folder), f"nnU-Net model {spec}")
-
-
-def model_columns(spec: str) -> tuple[str, ...]:
-    """The shard columns a model folder reads, in its channel order (``dataset.json``)."""
-    return _model_columns_cached(os.fspath(spec))
 
 
 def to_nnunet_layout(volume: np.ndarray, affine: np.ndarray, reader: str) -> np.ndarray:
