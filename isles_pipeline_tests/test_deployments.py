@@ -13,6 +13,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from isles_devkit.dagster_dev import free_port
+from isles_devkit.postgres import fresh_database
 from isles_pipeline.catalogue import CASE_IDS
 from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.cases import case_inputs
@@ -20,14 +22,14 @@ from isles_pipeline.defs.deployment import case_chain_executor, case_prediction_
 from isles_pipeline.defs.jobs import MODEL_CHAIN
 from isles_pipeline.defs.partitions import case_model_key, sync_models
 from isles_pipeline.defs.report import metrics_report
-from isles_pipeline.deployment import instance_config
+from isles_pipeline.deployment import instance_config, postgres_configured
 from isles_pipeline_tests.chain import resources_for
-
-from .dagster_dev import free_port
-from .postgres import fresh_database, needs_postgres
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASE = CASE_IDS[0]
+needs_postgres = pytest.mark.skipif(
+    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash .ci/postgres)\")"
+)
 
 
 def test_the_switch_selects_the_executor(monkeypatch):

@@ -19,12 +19,12 @@ pytest.importorskip("nnunetv2")
 
 import torch  # noqa: E402
 
+from isles_devkit.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
 from isles_pipeline import nifti  # noqa: E402
 from isles_pipeline.predict import predict_image_files, predict_images  # noqa: E402
 from isles_pipeline.segment.channels import input_columns_for  # noqa: E402
 from isles_pipeline.segment.hub_models import CheckpointError  # noqa: E402
 from isles_pipeline.segment.registry import make_segmenter  # noqa: E402
-from isles_pipeline_tests.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
 from isles_pipeline_tests.test_cli import cli  # noqa: E402
 
 FOLDS = (0, 1)

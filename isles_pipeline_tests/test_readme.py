@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from isles_devkit.dagster_dev import GraphQLClient, free_port, stop_process_group, wait_for_server
 from isles_pipeline.store import sha256_hex
-
-from .dagster_dev import GraphQLClient, free_port, stop_process_group, wait_for_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"

@@ -1,4 +1,4 @@
-"""Tiny nnU-Net v2 trained-model folders for the tests, made with nnunetv2's own tools.
+"""Tiny nnU-Net v2 trained-model folders for the tests and benchmarks, made with nnunetv2's own tools.
 
 A raw dataset of a few generated cases (a bright box lesion) goes through nnunetv2's fingerprint
 extractor and experiment planner; the network comes from the plans through nnunetv2's trainer

@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isles_devkit.postgres import fresh_database
 from isles_pipeline.catalogue import DEFAULT_REPO_ID
 from isles_pipeline.demo import prepare_dagster_home
 from isles_pipeline.deployment import postgres_configured
-from isles_pipeline_tests.postgres import fresh_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ASSETS = ("case_inputs", "case_prediction", "case_metrics")
