@@ -1,5 +1,5 @@
 """A fresh PostgreSQL database per test or benchmark on the server that DAGSTER_PG_* point at (see
-.ci/postgres), so that runs of one never show up in another."""
+scripts/postgres.sh), so that runs of one never show up in another."""
 
 from __future__ import annotations
 

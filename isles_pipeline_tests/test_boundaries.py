@@ -16,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from isles_devkit.processes import user_env
 from isles_pipeline.catalogue import CASE_IDS, shard_path
-
-from .processes import user_env
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "isles_pipeline"

@@ -28,7 +28,7 @@ from isles_pipeline_tests.chain import resources_for
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CASE = CASE_IDS[0]
 needs_postgres = pytest.mark.skipif(
-    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash .ci/postgres)\")"
+    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash scripts/postgres.sh)\")"
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from isles_devkit.processes import run_measured, user_env
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, IMAGE_COLUMNS, NEEDED_COLUMNS, shard_path
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.phantom import make_case
@@ -19,8 +20,6 @@ from isles_pipeline.inputs import fetch_case, read_manifest
 from isles_pipeline.nifti import as_mask, voxel_volume_ml
 from isles_pipeline.source import CaseDataError, ShardReader, ShardSource, column_chunk_bytes
 from isles_pipeline.store import CaseStore
-
-from .processes import run_measured, user_env
 
 CASE = CASE_IDS[1]
 
@@ -216,7 +215,6 @@ def test_fetch_into_fsspec_memory_store(hub, replica_dir):
 # --- transient Hub faults are ridden out ------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
 @pytest.mark.parametrize("route", ["repo_info", "tree", "resolve"])
 def test_a_503_burst_on_each_route_is_ridden_out(hub, replica_dir, tmp_path, route):
     hub.faults.add(route, "status", times=2, status=503)
@@ -226,7 +224,6 @@ def test_a_503_burst_on_each_route_is_ridden_out(hub, replica_dir, tmp_path, rou
     assert result.manifest.files["dwi"].sha256 == hashlib.sha256(shard_cells(replica_dir, CASE)["dwi"]).hexdigest()
 
 
-@pytest.mark.timeout(120)
 def test_a_connection_reset_mid_body_is_ridden_out(hub, replica_dir, tmp_path):
     hub.faults.add("resolve", "reset", times=1, path_contains="parquet")
     result = fetch_case(reader_for(hub), CaseStore(tmp_path), CASE)
