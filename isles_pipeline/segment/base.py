@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -17,8 +17,11 @@ class Segmenter(Protocol):
     scaling applied, any orientation) and the grid's 4x4 affine (voxel -> mm), and returns a
     boolean mask of that shape. ``segment_images`` is the same for any modalities: the images by
     shard column (``dwi``, ``adc``, ``tmax``, ``cbf`` ...), of which the segmenter reads the ones it
-    needs. After a call, ``last_info`` says how the mask was made; its ``device`` is the device
-    that produced it and ``fallbacks`` lists every retry taken (for example out of memory on CUDA).
+    needs. ``spacing`` is the voxel size the image header states (NIfTI ``pixdim``), which
+    nnU-Net's readers report and the affine's column norms match only to float32 precision; None:
+    the column norms. After a call, ``last_info`` says how the mask was made; its ``device`` is the
+    device that produced it and ``fallbacks`` lists every retry taken (for example out of memory on
+    CUDA).
     """
 
     name: str
@@ -27,7 +30,9 @@ class Segmenter(Protocol):
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray: ...
 
-    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray: ...
+    def segment_images(
+        self, images: Mapping[str, np.ndarray], affine: np.ndarray, spacing: Sequence[float] | None = None
+    ) -> np.ndarray: ...
 
 
 def mri_pair(images: Mapping[str, np.ndarray], segmenter: str) -> tuple[np.ndarray, np.ndarray]:

@@ -11,6 +11,9 @@ import json
 import re
 from pathlib import Path
 
+from .nnunet_v1_files import is_v1_folder
+from .nnunet_v1_files import read_channel_names as read_v1_channel_names
+
 # The MRI pair every built-in segmenter reads.
 MRI_COLUMNS = ("dwi", "adc")
 # Every image column of an ISLES'24 shard a model may read (all on one grid per case, see isles24.md).
@@ -52,6 +55,8 @@ def input_columns_for(name: str, checkpoint: str | None = None) -> tuple[str, ..
         local = Path(checkpoint).expanduser() / "dataset.json"
         if local.is_file():  # read here: a local folder needs no torch import
             return columns_for_channels(read_channel_names(local), f"nnU-Net model {checkpoint}")
+        if is_v1_folder(Path(checkpoint).expanduser()):  # an nnU-Net v1 folder: plans.pkl, through the allow-list
+            return columns_for_channels(read_v1_channel_names(Path(checkpoint).expanduser()), f"nnU-Net model {checkpoint}")
         from .nnunet import model_columns  # a Hub repo: downloaded (and cached) through the client
 
         return model_columns(checkpoint)

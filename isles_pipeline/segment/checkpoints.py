@@ -164,8 +164,13 @@ def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
     return [fetch(name) for name in names]
 
 
-# What an nnU-Net trained-model folder needs from a Hub repo (relative to its subfolder).
-MODEL_FOLDER_PATTERNS = ("dataset.json", "plans.json", "fold_*/checkpoint_final.pth", "fold_*/checkpoint_best.pth")
+# What an nnU-Net trained-model folder needs from a Hub repo (relative to its subfolder): v2 files,
+# then v1 files (plans.pkl and each fold's checkpoint with its .pkl).
+MODEL_FOLDER_PATTERNS = ("dataset.json", "plans.json", "fold_*/checkpoint_final.pth", "fold_*/checkpoint_best.pth",
+                         "plans.pkl", "fold_*/model_final_checkpoint.model*", "fold_*/model_best.model*",
+                         "all/model_final_checkpoint.model*", "all/model_best.model*")
+# The file that marks a folder as nnU-Net's: v2's dataset.json, else v1's plans.pkl.
+MODEL_FOLDER_MARKERS = ("dataset.json", "plans.pkl")
 
 
 def download_model_folder(spec: str, endpoint: str | None = None) -> Path:
@@ -179,8 +184,9 @@ def download_model_folder(spec: str, endpoint: str | None = None) -> Path:
     prefix = f"{prefix}/" if prefix else ""
     listed = _hub_listing(hub, endpoint)
     names = [n for n in listed if n.startswith(prefix) and any(fnmatch.fnmatch(n[len(prefix):], p) for p in MODEL_FOLDER_PATTERNS)]
-    if f"{prefix}dataset.json" not in names:
-        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {prefix}dataset.json: not an nnU-Net model folder")
+    marker = next((f"{prefix}{m}" for m in MODEL_FOLDER_MARKERS if f"{prefix}{m}" in names), None)
+    if marker is None:
+        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {prefix}dataset.json (nor {prefix}plans.pkl): not an nnU-Net model folder")
     paths = [
         Path(
             call_with_retries(
@@ -192,7 +198,7 @@ def download_model_folder(spec: str, endpoint: str | None = None) -> Path:
         )
         for name in names
     ]
-    return paths[names.index(f"{prefix}dataset.json")].parent
+    return paths[names.index(marker)].parent
 
 
 def _hub_listing(hub: HubSpec, endpoint: str | None) -> list[str]:

@@ -32,6 +32,9 @@ from isles_pipeline.nifti import voxel_sizes_mm
 from isles_pipeline.segment.base import resolve_device
 from isles_pipeline.segment.channels import columns_for_channels, read_channel_names
 from isles_pipeline.segment.checkpoints import CheckpointError, download_model_folder, parse_hub_spec
+from isles_pipeline.segment.nnunet_v1_files import is_v1_folder
+from isles_pipeline.segment.nnunet_v1_files import read_channel_names as read_v1_channel_names
+from isles_pipeline.segment.seals import RECIPES, check_recipe, seals_mask
 
 CHECKPOINT_NAMES = ("checkpoint_final.pth", "checkpoint_best.pth")
 # Readers whose array layout is the image's voxel axes reversed; the *Reorient ones reorient first.
@@ -49,9 +52,11 @@ def resolve_model_folder(spec: str | os.PathLike[str], endpoint: str | None = No
         folder = download_model_folder(text, endpoint)
     else:
         raise CheckpointError(f"nnU-Net model {text!r}: no such folder and not a Hub repo id (org/name)")
+    if is_v1_folder(folder):
+        return folder
     for name in ("dataset.json", "plans.json"):
         if not (folder / name).is_file():
-            raise CheckpointError(f"nnU-Net model folder {str(folder)!r} has no {name}")
+            raise CheckpointError(f"nnU-Net model folder {str(folder)!r} has no {name} (nor an nnU-Net v1 plans.pkl)")
     return folder
 
 
@@ -71,7 +76,10 @@ def pick_checkpoint_name(folder: Path, checkpoint_name: str | None) -> str:
 
 
 def channel_names(folder: Path) -> dict[str, str]:
-    """``dataset.json``'s ``channel_names`` (older folders call it ``modality``)."""
+    """``dataset.json``'s ``channel_names`` (older folders call it ``modality``); a v1 folder's
+    ``plans.pkl`` ``modalities``."""
+    if is_v1_folder(folder):
+        return read_v1_channel_names(folder)
     return read_channel_names(folder / "dataset.json")
 
 
@@ -105,9 +113,10 @@ def from_nnunet_layout(mask: np.ndarray, affine: np.ndarray, shape: Sequence[int
     return np.ascontiguousarray(mask)
 
 
-def nnunet_spacing(affine: np.ndarray, reader: str) -> list[float]:
-    """The spacing nnU-Net's reader reports: voxel sizes in its (reversed) axis order."""
-    sizes = np.asarray(voxel_sizes_mm(affine), dtype=float)
+def nnunet_spacing(affine: np.ndarray, reader: str, spacing: Sequence[float] | None = None) -> list[float]:
+    """The spacing nnU-Net's reader reports: the header's voxel sizes (``spacing``; without it the
+    affine's column norms) in its (reversed) axis order."""
+    sizes = np.asarray(voxel_sizes_mm(affine) if spacing is None else spacing, dtype=float)
     if reader in REORIENTING_READERS:
         reoriented = np.empty(3)
         reoriented[io_orientation(affine)[:, 0].astype(int)] = sizes
@@ -131,7 +140,9 @@ def _prints_to_stderr():
 
 
 class NnUNetSegmenter:
-    """Segmenter protocol implementation (name ``"nnunet"``) over an nnU-Net v2 model folder.
+    """Segmenter protocol implementation (name ``"nnunet"``) over an nnU-Net v2 model folder, or
+    a v1 one (``plans.pkl``), which :mod:`.nnunet_v1` runs (with DeepISLES' SEALS steps around it
+    when ``recipe="deepisles-seals"``, see :mod:`.seals`).
 
     The predictor (network and every fold's weights) is built once, on first use, and reused for
     every case. ``tile_step_size``, ``use_gaussian`` and ``use_mirroring`` default to nnU-Net's.
@@ -152,6 +163,7 @@ class NnUNetSegmenter:
         folds: Sequence[int | str] | None = None,
         checkpoint_name: str | None = None,
         endpoint: str | None = None,
+        recipe: str | None = None,
     ):
         self.tile_step_size = 0.5 if tile_step_size is None else float(tile_step_size)
         if not 0 < self.tile_step_size <= 1:
@@ -163,6 +175,10 @@ class NnUNetSegmenter:
         self.folds = tuple(folds) if folds else None
         self.checkpoint_name = checkpoint_name
         self.endpoint = endpoint
+        self.recipe = recipe
+        if recipe is not None and recipe not in RECIPES:
+            raise ValueError(f"unknown nnU-Net recipe {recipe!r} (known: {', '.join(RECIPES)})")
+        self.version = 2  # 1 once load() finds a v1 folder
         self.folder: Path | None = None
         self.columns: tuple[str, ...] = ()
         self.reader = "SimpleITKIO"
@@ -176,6 +192,10 @@ class NnUNetSegmenter:
             from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
             folder = resolve_model_folder(self.model, self.endpoint)
+            if is_v1_folder(folder):
+                return self._load_v1(folder)
+            if self.recipe is not None:
+                raise ValueError(f"nnU-Net model {self.model}: recipe {self.recipe} runs nnU-Net v1 folders (plans.pkl); this is a v2 folder")
             self.columns = columns_for_channels(channel_names(folder), f"nnU-Net model {self.model}")
             self.reader = json.loads((folder / "plans.json").read_text()).get("image_reader_writer", "SimpleITKIO")
             if self.reader not in PLAIN_READERS + REORIENTING_READERS:
@@ -186,6 +206,25 @@ class NnUNetSegmenter:
                 predictor = self._build_predictor(nnUNetPredictor, folder, name, folds)
             self.folder, self.folds, self.checkpoint_name, self._predictor = folder, tuple(folds), name, predictor
         return self._predictor
+
+    def _load_v1(self, folder: Path):
+        """A v1 folder: its model, built once (every fold's weights loaded through the allow-list)."""
+        from .nnunet_v1 import NnUNetV1Model
+
+        model = NnUNetV1Model(folder, self.device, self.tile_step_size, self.use_gaussian, self.use_mirroring, self.folds, self.checkpoint_name)
+        self.columns = columns_for_channels(model.channel_names, f"nnU-Net model {self.model}")
+        check_recipe(self.recipe, self.columns, self.model)
+        self.version, self.folder, self.folds, self.checkpoint_name, self._predictor = 1, folder, model.folds, model.checkpoint_name, model
+        return model
+
+    def _segment_v1(self, model, images: Mapping[str, np.ndarray], affine: np.ndarray, spacing) -> tuple[np.ndarray, dict]:
+        """v1 reads with SimpleITK, as the plain v2 readers do: voxel axes and spacing reversed."""
+        if self.recipe is not None:
+            return seals_mask(model, images, affine, spacing)
+        shape = np.shape(images[self.columns[0]])
+        stacked = np.stack([to_nnunet_layout(np.asarray(images[c], np.float32), affine, "SimpleITKIO") for c in self.columns])
+        labels, info = model.predict(stacked, nnunet_spacing(affine, "SimpleITKIO", spacing))
+        return from_nnunet_layout(labels > 0, affine, shape, "SimpleITKIO"), info
 
     def _build_predictor(self, predictor_class, folder: Path, checkpoint_name: str, folds):
         predictor = predictor_class(
@@ -198,8 +237,9 @@ class NnUNetSegmenter:
         predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds), checkpoint_name=checkpoint_name)
         return predictor
 
-    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
-        """The boolean lesion mask (any non-background label) of one case on its input grid."""
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """The boolean lesion mask (any non-background label) of one case on its input grid;
+        ``spacing`` is the header's voxel sizes, what nnU-Net's readers report."""
         predictor = self.load()
         missing = [column for column in self.columns if column not in images]
         if missing:
@@ -207,10 +247,17 @@ class NnUNetSegmenter:
                 f"nnU-Net model {self.model} reads {', '.join(self.columns)}; the case has no "
                 f"{', '.join(missing)} (it has {', '.join(images) or 'no images'})"
             )
+        if self.version == 1:
+            mask, info = self._segment_v1(predictor, images, affine, spacing)
+            self.last_info = {
+                **info, "nnunet_version": 1, "folds": list(self.folds or ()), "checkpoint": self.checkpoint_name,
+                "channels": list(self.columns), "tile_step_size": self.tile_step_size, "use_mirroring": self.use_mirroring,
+            }
+            return mask
         shape = np.shape(images[self.columns[0]])
         stacked = np.stack([to_nnunet_layout(np.asarray(images[c], np.float32), affine, self.reader) for c in self.columns])
         started = time.perf_counter()
-        properties = {"spacing": nnunet_spacing(affine, self.reader)}
+        properties = {"spacing": nnunet_spacing(affine, self.reader, spacing)}
         fallbacks: list[str] = []
         try:
             labels = self._predict(predictor, stacked, properties)
