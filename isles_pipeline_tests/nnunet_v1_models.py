@@ -91,11 +91,16 @@ def build_v1_models(
 # ---------------------------------------------------------------- the child
 
 
-def main(config: dict) -> None:
-    work = Path(config["work"])
-    # nnunet.paths reads these at import; they point into the test's own folder.
+def set_v1_paths(work: Path) -> None:
+    """nnU-Net v1's folders, inside ``work``: nnunet.paths reads them once, at import (planning
+    needs them; the pipeline's inference does not)."""
     os.environ.update(nnUNet_raw_data_base=str(work / "raw"), nnUNet_preprocessed=str(work / "preprocessed"),
                       RESULTS_FOLDER=str(work / "results"))
+
+
+def main(config: dict) -> None:
+    work = Path(config["work"])
+    set_v1_paths(work)
     import torch
 
     from isles_pipeline.segment.nnunet_v1_files import PICKLE_GLOBALS
@@ -105,7 +110,7 @@ def main(config: dict) -> None:
     # the same allow-list as the pipeline, so that v1's own loader runs unchanged.
     torch.serialization.add_safe_globals([(obj, name) for name, obj in PICKLE_GLOBALS.items()])
     folds = tuple(config["folds"])
-    plans_file, trainers = _plan_and_build(work, folds)
+    plans_file, trainers = plan_and_build(folds)
     _set_lesion_bias(trainers, config["cases"][config["bias_case"]], config["lesion_fraction"])
     model = Path(trainers[0].output_folder).parent  # output_folder is the fold's
     for trainer in trainers:
@@ -129,8 +134,10 @@ def main(config: dict) -> None:
                       step_size=0.5, checkpoint_name=CHECKPOINT, disable_postprocessing=True)
 
 
-def _plan_and_build(work: Path, folds):
-    """v1's cropping, dataset analysis and planner on generated training cases; one trainer per fold."""
+def plan_and_build(folds, shape=(22, 22, 22), spacing=(10.0, 10.0, 10.0), margin=3, base_features=8, seed=0):
+    """v1's cropping, dataset analysis and planner on three generated training cases of ``shape``
+    at ``spacing`` (a zero margin of ``margin`` voxels); one ``nnUNetTrainerV2`` per fold, its
+    network built (random weights, seeded) but not saved. Call :func:`set_v1_paths` first."""
     import numpy as np
     import torch
     from nnunet.experiment_planning.DatasetAnalyzer import DatasetAnalyzer
@@ -142,7 +149,7 @@ def _plan_and_build(work: Path, folds):
     raw = Path(nnUNet_raw_data) / TASK
     cases = [f"case_{i:03d}" for i in range(3)]
     for i, case in enumerate(cases):
-        _write_training_case(raw, case, seed=i)
+        _write_training_case(raw, case, seed=seed + i, shape=shape, spacing=spacing, margin=margin)
     dataset = {
         "name": TASK, "modality": {"0": "DWI", "1": "ADC"}, "labels": {"0": "background", "1": "lesion"},
         "numTraining": len(cases), "numTest": 0, "test": [],
@@ -157,7 +164,7 @@ def _plan_and_build(work: Path, folds):
     shutil.copy(os.path.join(cropped, "dataset_properties.pkl"), preprocessed)
     shutil.copy(raw / "dataset.json", preprocessed)
     planner = ExperimentPlanner3D_v21(cropped, preprocessed)
-    planner.unet_base_num_features = 8  # 32 by default; 16 times fewer convolution operations on the CPU
+    planner.unet_base_num_features = base_features  # v1's default is 32; the tests take 8 (16x fewer operations)
     planner.plan_experiment()
     plans_file = os.path.join(preprocessed, f"{PLANS}_plans_3D.pkl")
     output = os.path.join(network_training_output_dir, "3d_fullres", TASK, f"{TRAINER}__{PLANS}")
@@ -185,8 +192,9 @@ def _write_training_case(raw: Path, case: str, seed: int, shape=(22, 22, 22), sp
     inside = np.zeros(shape, bool)
     inside[margin:-margin, margin:-margin, margin:-margin] = True
     lesion = np.zeros(shape, np.uint8)
-    corner = rng.integers(margin + 2, shape[0] - margin - 6, 3)
-    lesion[corner[0] : corner[0] + 4, corner[1] : corner[1] + 4, corner[2] : corner[2] + 4] = 1
+    size = [max(2, n // 5) for n in shape]
+    corner = [int(rng.integers(margin + 1, n - margin - s)) for n, s in zip(shape, size)]
+    lesion[tuple(slice(c, c + s) for c, s in zip(corner, size))] = 1
     for k, contrast in enumerate((2.0, 0.5)):  # DWI bright, ADC dark in the lesion
         image = rng.normal(100.0 + 40 * k, 10.0, shape) * np.where(lesion > 0, contrast, 1.0) * inside
         (raw / "imagesTr").mkdir(parents=True, exist_ok=True)

@@ -374,3 +374,46 @@ def test_the_seals_recipe_is_refused_on_a_v2_folder(tmp_path):
     (tmp_path / "plans.json").write_text("{}")
     with pytest.raises(ValueError, match="recipe deepisles-seals runs nnU-Net v1 folders"):
         NnUNetSegmenter(tmp_path, device="cpu", recipe="deepisles-seals").load()
+
+
+def test_the_example_registry_entry_builds_the_recipe():
+    """models.example.yaml's SEALS entry, uncommented as a user does, parses to the recipe option."""
+    import yaml
+
+    from isles_pipeline.models import parse_registry
+    from isles_pipeline.segment.nnunet import NnUNetSegmenter
+
+    text = (REPO_ROOT / "models.example.yaml").read_text()
+    block = text[text.index("  # - name: nnunet:deepisles-seals"):].splitlines()[:4]
+    entry = yaml.safe_load("\n".join(line.replace("  # ", "  ", 1) for line in block))
+    spec = parse_registry({"models": entry}).get("nnunet:deepisles-seals")
+    assert (spec.checkpoint, spec.options) == ("/models/seals", {"recipe": "deepisles-seals"})
+    segmenter = spec.make(device="cpu")
+    assert isinstance(segmenter, NnUNetSegmenter) and segmenter.recipe == "deepisles-seals"
+
+
+
+def test_a_cuda_out_of_memory_reruns_the_case_on_the_cpu(v1):
+    """The v1 model's fallback: a CUDA out-of-memory error reruns the case on a CPU copy of the
+    network, and says so (the model stands in for a GPU one: it never runs there)."""
+    import torch
+
+    from isles_pipeline.segment.nnunet import from_nnunet_layout, nnunet_spacing, to_nnunet_layout
+    from isles_pipeline.segment.nnunet_v1 import NnUNetV1Model
+
+    class OutOfMemoryOnCuda(NnUNetV1Model):
+        def fold_softmax(self, data, index, network=None):
+            if network is None and self.device.type == "cuda":
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return super().fold_softmax(data, index, network)
+
+    model = OutOfMemoryOnCuda(v1.models.model, torch.device("cpu"))
+    model.device = torch.device("cuda")
+    images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in v1.files["iso"].items()}
+    affine = images["dwi"].affine
+    stacked = np.stack([to_nnunet_layout(nifti.as_float32(images[c]), affine, "SimpleITKIO") for c in ("dwi", "adc")])
+    labels, info = model.predict(stacked, nnunet_spacing(affine, "SimpleITKIO", nifti.header_spacing(images["dwi"])))
+    assert info["device"] == "cpu"
+    assert info["fallbacks"] == ["out of memory on cuda (CUDA out of memory. Tried to allocate 2.00 GiB); retried on cpu"]
+    mask = from_nnunet_layout(labels > 0, affine, images["dwi"].shape, "SimpleITKIO")
+    assert _agreement(mask, _mask(v1.models.references["iso"])[0]) >= AGREEMENT

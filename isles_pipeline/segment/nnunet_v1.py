@@ -77,7 +77,12 @@ class NnUNetV1Model:
         import_v1()
         self.folder = Path(folder)
         self.checkpoint_name = pick_checkpoint_name(self.folder, checkpoint_name)
-        self.folds = tuple(folds) if folds else available_folds(self.folder, self.checkpoint_name)
+        present = available_folds(self.folder, self.checkpoint_name)
+        self.folds = tuple(folds) if folds else present
+        missing = [fold for fold in self.folds if fold not in present]
+        if missing:
+            raise V1ModelError(f"nnU-Net v1 model folder {str(self.folder)!r} has no {self.checkpoint_name}.model (+ .pkl) "
+                               f"for fold(s) {', '.join(map(str, missing))} (present: {', '.join(map(str, present))})")
         files = read_fold_files(self.folder, self.folds, self.checkpoint_name)
         self.trainer, self.plans, self.stage = files.trainer, files.plans, files.stage
         self.stage_plans = self.plans["plans_per_stage"][self.stage]
@@ -141,6 +146,8 @@ class NnUNetV1Model:
         import nnunet.preprocessing.preprocessing as v1_preprocessing
         from nnunet.preprocessing.cropping import ImageCropper
 
+        if not np.any(data):
+            raise ValueError(f"nnU-Net v1 model {self.folder}: every input channel is zero (v1 crops to the nonzero voxels)")
         name = self.plans.get("preprocessor_name") or "GenericPreprocessor"
         if name not in PREPROCESSORS:
             raise V1ModelError(f"nnU-Net v1 model {self.folder}: preprocessor {name} is not supported ({', '.join(PREPROCESSORS)} are)")
