@@ -267,6 +267,13 @@ def test_a_trainer_outside_the_allow_list_is_refused(v1, tmp_path):
         make_segmenter("nnunet", device="cpu", checkpoint=str(folder)).load()
 
 
+def test_folds_not_in_the_folder_are_named(v1):
+    from isles_pipeline.segment.registry import make_segmenter
+
+    with pytest.raises(V1ModelError, match=r"has no model_final_checkpoint\.model \(\+ \.pkl\) for fold\(s\) 3 \(present: 0, 1\)"):
+        make_segmenter("nnunet", device="cpu", checkpoint=str(v1.models.model), folds=[0, 3]).load()
+
+
 def test_a_v1_folder_from_a_hub_model_repo(v1, tmp_path, monkeypatch):
     """The folder as a subfolder of a Hub model repo: downloaded through the same client as v2
     folders (plans.pkl and each fold's checkpoint and .pkl, nothing else); predict_cases' mask."""

@@ -189,13 +189,13 @@ class NnUNetSegmenter:
     def load(self):
         """Resolve the folder and build nnU-Net's predictor (once per instance)."""
         if self._predictor is None:
-            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-
             folder = resolve_model_folder(self.model, self.endpoint)
-            if is_v1_folder(folder):
+            if is_v1_folder(folder):  # nnU-Net v1's code, not nnunetv2's (either extra may be installed alone)
                 return self._load_v1(folder)
             if self.recipe is not None:
                 raise ValueError(f"nnU-Net model {self.model}: recipe {self.recipe} runs nnU-Net v1 folders (plans.pkl); this is a v2 folder")
+            from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
             self.columns = columns_for_channels(channel_names(folder), f"nnU-Net model {self.model}")
             self.reader = json.loads((folder / "plans.json").read_text()).get("image_reader_writer", "SimpleITKIO")
             if self.reader not in PLAIN_READERS + REORIENTING_READERS:

@@ -34,6 +34,7 @@ from .nnunet import _first_line, _prints_to_stderr
 from .nnunet_v1_files import (
     V1ModelError,
     available_folds,
+    channel_names_of,
     load_checkpoint,
     pick_checkpoint_name,
     read_fold_files,
@@ -91,6 +92,7 @@ class NnUNetV1Model:
             raise V1ModelError(f"nnU-Net v1 model {self.folder}: only 3-D networks are supported (patch size {list(self.patch_size)})")
         self.transpose_forward = list(self.plans.get("transpose_forward") or [0, 1, 2])
         self.transpose_backward = list(self.plans.get("transpose_backward") or [0, 1, 2])
+        self.checkpoints = files.checkpoints
         self.state_dicts = [load_checkpoint(path)["state_dict"] for path in files.checkpoints]
         self.tile_step_size, self.use_gaussian, self.use_mirroring = tile_step_size, use_gaussian, use_mirroring
         self.device = device
@@ -99,7 +101,7 @@ class NnUNetV1Model:
 
     @property
     def channel_names(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in sorted(self.plans["modalities"].items(), key=lambda kv: int(kv[0]))}
+        return channel_names_of(self.plans, self.checkpoints[0])
 
     # ---------------------------------------------------------------- the network
     def build_network(self, device: torch.device) -> torch.nn.Module:
@@ -134,8 +136,7 @@ class NnUNetV1Model:
         try:
             network.load_state_dict(weights)
         except RuntimeError as exc:
-            path = self.folder / f"fold {self.folds[index]}"
-            raise V1ModelError(f"nnU-Net v1 model {path}: weights do not fit the network its plans describe ({_first_line(exc)})") from None
+            raise V1ModelError(f"{self.checkpoints[index]}: weights do not fit the network the plans describe ({_first_line(exc)})") from None
 
     # ---------------------------------------------------------------- v1's steps
     def preprocess(self, data: np.ndarray, spacing: Sequence[float]) -> tuple[np.ndarray, dict]:
