@@ -6,19 +6,20 @@ v1's planner and ``predict_cases`` start worker processes, and a fork of the tes
 Hub server threads may hold locks) can deadlock. The child runs in its own process group, which is
 killed whole if it overruns, so no worker outlives it.
 
-In the child: a raw dataset of generated DWI + ADC cases (``Task5NN``), v1's cropping, dataset
-analysis and ``ExperimentPlanner3D_v21`` (8 base features instead of 32, for the CPU); per fold, ``nnUNetTrainerV2`` builds its network from
-the plans (seeded random weights) and saves ``model_final_checkpoint.model`` and ``.model.pkl``
-as training does (its history holds numpy scalars, as real checkpoints' do). Generic_UNet's output
-convolution has no bias, so a lesion bias is made the same way the network could learn one: one
-channel of the last decoder block is made constant (instance-norm weight 0, bias 1) and the
-output convolution weighs it by the shift, which adds the shift to the lesion logit everywhere.
-The shift makes ``lesion_fraction`` of the bias case's brain lesion. Then ``predict_cases``
+In the child: a raw dataset of generated DWI + ADC cases (``Task555``), v1's cropping, dataset
+analysis and ``ExperimentPlanner3D_v21`` (8 base features instead of 32, for the CPU); per fold,
+``nnUNetTrainerV2`` builds its network from the plans (seeded random weights) and saves
+``model_final_checkpoint.model`` and ``.model.pkl`` as training does (its history holds numpy
+scalars, as real checkpoints' do). Generic_UNet's output convolution has no bias, so a lesion
+bias is made the way the network could learn one: one channel of the last decoder block is made
+constant (instance-norm weight 0, bias 1) and the output convolution weighs it by the shift, which
+adds the shift to the lesion logit everywhere. The shift is the bias case's averaged log-odds at
+its ``1 - lesion_fraction`` quantile, so that part of its brain is lesion (not exactly that
+fraction: v1 averages softmaxes, not logits). Then ``predict_cases``
 (nnUNet_predict's settings, every fold) writes the reference mask of each case, and, for the SEALS
 recipe, DeepISLES' own steps run: ``Task500_Ischemic_Stroke_Test.py``'s conversion and one
-``predict_cases`` per fold with ``save_npz`` (``-z``). A copy of the folder named as SEALS' is
-(``nnUNetTrainerV2_DDP``, its weights under DistributedDataParallel's ``module.`` prefix) is
-written beside it.
+``predict_cases`` per fold with ``save_npz`` (``-z``). Beside the folder goes a copy laid out as
+SEALS' (``nnUNetTrainerV2_DDP``, its weights under DistributedDataParallel's ``module.`` prefix).
 """
 
 from __future__ import annotations
