@@ -86,10 +86,10 @@ def run_measured(args: list[str], env: dict[str, str], timeout_s: float = 300, c
         return Finished(child.returncode, out.read(), err.read(), watcher.peak_kb / 1024, seconds)
 
 
-def run_in_own_group(args: list[str], env: dict[str, str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+def run_in_own_group(args: list[str], env: dict[str, str], timeout_s: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run ``args`` to completion in a new session, so that whatever it starts (a library's worker
     pool, say) dies with it: on a timeout the whole process group is killed, not only the child."""
-    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    child = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=cwd)
     try:
         stdout, stderr = child.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:

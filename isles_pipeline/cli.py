@@ -116,6 +116,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--tile-step-size", type=float, default=None, help="nnunet: sliding-window step as a fraction of the patch (default 0.5)")
     seg.add_argument("--no-mirroring", action="store_true", help="nnunet: no test-time mirroring")
     seg.add_argument("--folds", default=None, help="nnunet: folds to ensemble, e.g. 0,1 (default every fold present)")
+    seg.add_argument("--recipe", default=None, help="nnunet: deepisles-seals runs a v1 folder as DeepISLES runs SEALS")
     seg.set_defaults(run=_segment)
 
 
@@ -159,6 +160,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["use_mirroring"] = False
     if args.folds:
         options["folds"] = [int(f) if f.strip().isdigit() else f.strip() for f in args.folds.split(",")]
+    if args.recipe:
+        options["recipe"] = args.recipe
     summary = predict_image_files(paths, args.out, args.segmenter, args.device, args.checkpoint, **options)
     print(json.dumps(summary, indent=2))
     return 0

@@ -63,6 +63,14 @@ def voxel_sizes_mm(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0))  # type: ignore[return-value]
 
 
+def header_spacing(image: nib.Nifti1Image) -> tuple[float, float, float] | None:
+    """The voxel sizes the header states (``pixdim``), what SimpleITK and nibabel readers report as
+    the spacing (the affine's column norms agree only to float32 precision); None where they are
+    not all positive and finite."""
+    zooms = np.asarray(image.header.get_zooms()[:3], dtype=np.float64)
+    return tuple(float(z) for z in zooms) if zooms.size == 3 and np.all(np.isfinite(zooms) & (zooms > 0)) else None  # type: ignore[return-value]
+
+
 def voxel_volume_ml(affine: np.ndarray) -> float:
     """Volume of one voxel in ml (= cm^3), from the affine's determinant (oblique-safe)."""
     return abs(float(np.linalg.det(np.asarray(affine)[:3, :3]))) / 1000.0

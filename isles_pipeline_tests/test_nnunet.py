@@ -304,7 +304,7 @@ def test_a_model_folder_from_a_hub_model_repo(mri_model, tmp_path, monkeypatch):
         assert fetched == ["dataset.json"]  # not plans.json, not the weights
         segmenter = make_segmenter("nnunet", device="cpu", checkpoint=spec, endpoint=server.url)
         from_hub = predict_images(segmenter, images)
-        with pytest.raises(CheckpointError, match="has no nope/dataset.json: not an nnU-Net model folder"):
+        with pytest.raises(CheckpointError, match=r"has no nope/dataset.json \(nor nope/plans.pkl\): not an nnU-Net model folder"):
             input_columns_for("nnunet", "lab/tiny-nnunet:nope")
     assert_only_known_routes(server)
     local = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)

@@ -12,7 +12,9 @@ import json
 import re
 from pathlib import Path
 
-from .hub_models import HUB_PREFIX, CheckpointError, download_dataset_json
+from .hub_models import HUB_PREFIX, CheckpointError, download_marker_file
+from .nnunet_v1_files import is_v1_folder
+from .nnunet_v1_files import read_channel_names as read_v1_channel_names
 
 # The MRI pair every built-in segmenter reads.
 MRI_COLUMNS = ("dwi", "adc")
@@ -52,19 +54,27 @@ def columns_for_channels(channel_names: dict[str, str], model: str = "the model"
 def input_columns_for(name: str, checkpoint: str | None = None) -> tuple[str, ...]:
     """The image columns (shard column names) that segmenter ``name`` with ``checkpoint`` reads."""
     if name == "nnunet" and checkpoint:
-        return columns_for_channels(read_channel_names(dataset_json(checkpoint)), f"nnU-Net model {checkpoint}")
+        return columns_for_channels(model_channel_names(checkpoint), f"nnU-Net model {checkpoint}")
     return MRI_COLUMNS
 
 
-def dataset_json(model: str) -> Path:
-    """The ``dataset.json`` of an nnU-Net model folder: a local folder's own, or that one file of a
-    Hub model repo, downloaded into the Hugging Face cache."""
+def model_channel_names(model: str) -> dict[str, str]:
+    """The channel names of an nnU-Net model, read from the one file that holds them: v2's
+    ``dataset.json``, v1's ``plans.pkl`` (through the allow-list). Of a Hub model repo only that
+    file is downloaded; the weights stay on the Hub until the model runs."""
     local = Path(model).expanduser()
-    if model.startswith(HUB_PREFIX) or not local.exists():
-        return download_dataset_json(model)
-    if not (local / "dataset.json").is_file():
-        raise CheckpointError(f"nnU-Net model folder {model!r} has no dataset.json")
-    return local / "dataset.json"
+    if not model.startswith(HUB_PREFIX) and local.exists():
+        return folder_channel_names(local)
+    return folder_channel_names(download_marker_file(model).parent)
+
+
+def folder_channel_names(folder: Path) -> dict[str, str]:
+    """The channel names of a local nnU-Net model folder (v1 or v2)."""
+    if is_v1_folder(folder):
+        return read_v1_channel_names(folder)
+    if not (folder / "dataset.json").is_file():
+        raise CheckpointError(f"nnU-Net model folder {str(folder)!r} has no dataset.json (nor an nnU-Net v1 plans.pkl)")
+    return read_channel_names(folder / "dataset.json")
 
 
 def read_channel_names(dataset_json: Path) -> dict[str, str]:

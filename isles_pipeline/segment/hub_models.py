@@ -27,8 +27,13 @@ from isles_pipeline.retry import call_with_retries
 
 HUB_PREFIX = "hf://"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-# What an nnU-Net trained-model folder needs from a Hub repo (relative to its subfolder).
-MODEL_FOLDER_PATTERNS = ("dataset.json", "plans.json", "fold_*/checkpoint_final.pth", "fold_*/checkpoint_best.pth")
+# What an nnU-Net trained-model folder needs from a Hub repo (relative to its subfolder): v2 files,
+# then v1 files (plans.pkl and each fold's checkpoint with its .pkl).
+MODEL_FOLDER_PATTERNS = ("dataset.json", "plans.json", "fold_*/checkpoint_final.pth", "fold_*/checkpoint_best.pth",
+                         "plans.pkl", "fold_*/model_final_checkpoint.model*", "fold_*/model_best.model*",
+                         "all/model_final_checkpoint.model*", "all/model_best.model*")
+# The file that marks a folder as nnU-Net's: v2's dataset.json, else v1's plans.pkl.
+MODEL_FOLDER_MARKERS = ("dataset.json", "plans.pkl")
 
 
 class CheckpointError(ValueError):
@@ -96,16 +101,20 @@ def download_model_folder(spec: str, endpoint: str | None = None) -> Path:
     commit, _ = repo_files(hub, endpoint)
     prefix = hub.subfolder
     folder = download_snapshot(hub, commit, [prefix + p for p in MODEL_FOLDER_PATTERNS], endpoint) / prefix
-    if not (folder / "dataset.json").is_file():
-        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {prefix}dataset.json: not an nnU-Net model folder")
+    if not any((folder / marker).is_file() for marker in MODEL_FOLDER_MARKERS):
+        first, second = (f"{prefix}{m}" for m in MODEL_FOLDER_MARKERS)
+        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {first} (nor {second}): not an nnU-Net model folder")
     return folder
 
 
-def download_dataset_json(spec: str, endpoint: str | None = None) -> Path:
-    """Only the ``dataset.json`` of an nnU-Net model folder on the Hub (the weights stay there)."""
+def download_marker_file(spec: str, endpoint: str | None = None) -> Path:
+    """Only the file that marks an nnU-Net model folder on the Hub and names its channels: v2's
+    ``dataset.json``, else v1's ``plans.pkl`` (the weights stay on the Hub)."""
     hub = _hub_spec(spec, "nnU-Net model")
-    name = f"{hub.subfolder}dataset.json"
-    try:
-        return Path(hf_hub_download(hub.repo_id, name, revision=hub.revision, endpoint=hub_endpoint(endpoint)))
-    except RemoteEntryNotFoundError as exc:
-        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {name}: not an nnU-Net model folder") from exc
+    for marker in MODEL_FOLDER_MARKERS:
+        try:
+            return Path(hf_hub_download(hub.repo_id, f"{hub.subfolder}{marker}", revision=hub.revision, endpoint=hub_endpoint(endpoint)))
+        except RemoteEntryNotFoundError:
+            continue
+    first, second = (f"{hub.subfolder}{m}" for m in MODEL_FOLDER_MARKERS)
+    raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {first} (nor {second}): not an nnU-Net model folder")

@@ -8,7 +8,7 @@ SEGMENTERS = ("rules", "network", "nnunet")
 # Options only the network segmenter has; the others are built without them.
 NETWORK_OPTIONS = ("target_spacing", "roi_size", "overlap", "sw_batch_size", "amp", "size_divisible", "endpoint")
 # Options only the nnU-Net segmenter has (nnU-Net's own names).
-NNUNET_OPTIONS = ("tile_step_size", "use_gaussian", "use_mirroring", "folds", "checkpoint_name")
+NNUNET_OPTIONS = ("tile_step_size", "use_gaussian", "use_mirroring", "folds", "checkpoint_name", "recipe")
 
 
 def _only(options: dict, names: tuple[str, ...]) -> dict:
@@ -22,7 +22,8 @@ def _without(options: dict, names: tuple[str, ...]) -> dict:
 def make_segmenter(name: str, device: str = "auto", checkpoint: str | None = None, **options) -> Segmenter:
     """``rules``: the weight-free DWI/ADC rule (model options are ignored); ``network``: an
     ensemble of checkpoints, with options such as ``target_spacing`` or ``roi_size`` passed on;
-    ``nnunet``: an nnU-Net v2 trained-model folder (``tile_step_size``, ``use_mirroring``, ``folds``)."""
+    ``nnunet``: an nnU-Net v2 or v1 trained-model folder (``tile_step_size``, ``use_mirroring``, ``folds``;
+    ``recipe: deepisles-seals`` runs a v1 folder as DeepISLES runs SEALS)."""
     if name == "rules":
         from .rules import RuleSegmenter
 
