@@ -248,9 +248,10 @@ KINDS: tuple[Crafted, ...] = (
             rows=_replace("adc", lambda row: patched(row, "adc", PIXDIM + 4, "<f", 0.0))),
     Crafted("singular affine", "dwi: the affine is not invertible",
             rows=_replace("dwi", lambda row: patched(row, "dwi", SROW_X, "<4f", 0.0, 0.0, 0.0, 0.0))),
-    Crafted("unknown datatype", "adc: not a NIfTI image", rows=_replace("adc", lambda row: patched(row, "adc", DATATYPE, "<h", 1234))),
+    Crafted("unknown datatype", "adc: datatype 1234 \\(unknown\\) is not a real intensity type",
+            rows=_replace("adc", lambda row: patched(row, "adc", DATATYPE, "<h", 1234))),
     Crafted("bad magic", "dwi: not a NIfTI image \\(magic", rows=_replace("dwi", lambda row: patched(row, "dwi", MAGIC, "4s", b"xyz\0"))),
-    Crafted("4-D dwi", "dwi is 4-D", rows=_replace("dwi", lambda row: replica.four_d_cell(row["dwi"]))),
+    Crafted("4-D dwi", "dwi: shape \\(48, 48, 16, 2\\) is 4-D with 2 volumes", rows=_replace("dwi", lambda row: replica.four_d_cell(row["dwi"]))),
     # the data contract (issue 16): what an image must be, beyond parsing
     Crafted("vox_offset 0 in a single-file adc", "adc: vox_offset 0 lies inside the header",
             rows=_replace("adc", lambda row: patched(row, "adc", VOX_OFFSET, "<f", 0.0))),
