@@ -293,7 +293,7 @@ def _units(header: Header, what: str) -> None:
 def _affine(header: Header, what: str) -> np.ndarray:
     pixdim = np.asarray(header["pixdim"][1:4], dtype=np.float64)
     if not np.isfinite(pixdim).all() or (pixdim == 0).any():
-        raise _refuse("affine", what, f"voxel size {tuple(pixdim.tolist())} mm is not finite and non-zero")
+        raise _refuse("affine", what, f"voxel size {tuple(round(v, 4) for v in pixdim.tolist())} mm is not finite and non-zero")
     for field in ("qform_code", "sform_code"):
         if int(header[field]) not in XFORM_CODES:
             raise _refuse("affine", what, f"{field} {int(header[field])} is not a NIfTI transform code (0 to 5)")
