@@ -176,5 +176,5 @@ def check_stored_inputs(store: CaseStore, case_id: str) -> nifti.Grid:
         data = store.read_bytes(store.case_path(case_id, f.name))
         if sha256_hex(data) != f.sha256:
             raise ValueError(f"case {case_id}: {f.name} changed since it was fetched (sha256 differs from source.json)")
-        grids[column] = nifti.grid_of_header(nifti.read_header(data, f"case {case_id} {column}"))
+        grids[column] = nifti.admit_header(data, f"case {case_id} {column}").grid
     return nifti.check_same_grids(grids)

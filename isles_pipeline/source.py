@@ -366,14 +366,10 @@ def _image_bytes(case_id: str, table: pa.Table, columns: tuple[str, ...]) -> tup
 
 
 def _validate_images(case_id: str, files: dict[str, bytes]) -> tuple[nifti.Grid, np.ndarray, dict[str, int]]:
-    """Headers parse and pass their checks, all images share one 3-D grid, every volume's stream
-    is whole and within its declared size, and the mask is binary; return the grid, the mask and
-    each volume's count of non-finite voxels."""
+    """The data contract on the case's images (:func:`nifti.admit_images`), each refusal naming
+    the case; return the grid, the mask and each volume's count of non-finite voxels."""
     try:
-        headers = {name: nifti.read_header(data, name) for name, data in files.items()}
-        grid = nifti.check_same_grids({name: nifti.grid_of_header(h) for name, h in headers.items()})
-        nonfinite = {name: nifti.scan(files[name], headers[name], name) for name in files if name != MASK_COLUMN}
-        mask = nifti.mask_from_bytes(files[MASK_COLUMN], MASK_COLUMN) if MASK_COLUMN in files else np.zeros(grid.shape, bool)
+        admitted = nifti.admit_images(files, MASK_COLUMN)
     except nifti.NiftiError as exc:
         raise CaseDataError(case_id, str(exc)) from exc
-    return grid, mask, nonfinite
+    return admitted.grid, admitted.mask, admitted.nonfinite

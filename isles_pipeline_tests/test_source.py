@@ -107,7 +107,7 @@ EXPECTED_CAUSE = {
     "truncated adc": "adc: (truncated|corrupt)",
     "cropped adc": "adc shape \\(48, 48, 14\\) differs from dwi shape \\(48, 48, 16\\)",
     "shifted mask": "lesion_mask affine differs from dwi affine by 5",
-    "4-D dwi": "dwi is 4-D",
+    "4-D dwi": "dwi: shape \\(48, 48, 16, 2\\) is 4-D with 2 volumes",
 }
 
 
