@@ -33,8 +33,8 @@ def is_synthetic(records: pd.DataFrame) -> bool:
 def describe_data(records: pd.DataFrame, what: str = "scored") -> list[str]:
     """One line per distinct data source of the records, with how many records each: e.g.
     ``hugging-science/isles24-stroke @ 3f0c1a2b9d4e (synthetic replica, grid tiny): 4 scored``."""
-    if records.empty:
-        return []
+    if records.empty or not any(c in records for c in DATA_FIELDS):
+        return []  # records that do not carry the data fields at all (not from case_metrics)
     columns = {c: records[c] if c in records else pd.Series([None] * len(records), index=records.index) for c in DATA_FIELDS}
     keys = [tuple(None if pd.isna(v) else v for v in row) for row in zip(*columns.values(), strict=True)]
     counts: dict[tuple, int] = {}
