@@ -165,6 +165,23 @@ def test_a_mistyped_option_is_one_line_before_any_work(args, message, tmp_path):
     assert message in line and line.endswith("--help)"), line
 
 
+def test_missing_input_files_are_named_together_in_one_line(isles22_dir, tmp_path):
+    pred, gt = tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz"
+    done = cli("score", "--pred", str(pred), "--gt", str(gt))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"isles-pipeline score: error: no such file: --pred {pred}; --gt {gt} "
+                                        "(give the path of an existing .nii or .nii.gz file for each)"]
+    done = cli("score", "--pred", str(isles22_file(isles22_dir, "msk")), "--gt", str(gt))
+    assert done.stderr.splitlines() == [f"isles-pipeline score: error: no such file: --gt {gt} "
+                                        "(give the path of an existing .nii or .nii.gz file for it)"]
+    done = cli("segment", "--dwi", str(isles22_file(isles22_dir, "dwi")), "--adc", str(tmp_path / "adc.nii"),
+               "--image", f"tmax={tmp_path / 'tmax.nii'}", "--out", str(pred))
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"isles-pipeline segment: error: no such file: --adc {tmp_path / 'adc.nii'}; --image tmax {tmp_path / 'tmax.nii'} "
+        "(give the path of an existing .nii or .nii.gz file for each)"]
+    assert not pred.exists()
+
+
 def test_an_unknown_case_id_gets_the_nearest_valid_ids(tmp_path):
     done = cli("fetch", "sub-stroke0125", "--out", str(tmp_path), "--endpoint", "http://127.0.0.1:9")
     assert done.returncode == 2
