@@ -193,7 +193,7 @@ def to_markdown(board: Leaderboard, overlay_links: Mapping[tuple[str, str], str]
               "averaged over cases, then metrics. A case a model has not run yet is not ranked: it counts in `scored / "
               "expected` and `not run`, not against the model. Means, medians and IQRs are over the `n` ranked cases each "
               "model scored.", ""]
-    sources = describe_data(board.ranked_records)
+    sources = describe_data(board.ranked_records, what="(case, model) results")
     if sources:
         lines += ["Data of the ranked results:", "", *(f"- {line}" for line in sources), ""]
     if len(board.paired):

@@ -127,5 +127,5 @@ def test_the_leaderboard_says_when_its_data_are_synthetic_and_which_revision():
     board = build_leaderboard([{**r, **synthetic} for r in RECORDS], ["a", "b"])
     text = to_markdown(board)
     assert "**Synthetic data.**" in text
-    assert "- `org/isles` @ `0123456789ab` (synthetic replica, grid tiny): 6 scored" in text  # 3 ranked cases x 2 models
+    assert "- `org/isles` @ `0123456789ab` (synthetic replica, grid tiny): 6 (case, model) results" in text  # 3 ranked cases x 2 models
     assert "Synthetic" not in to_markdown(build_leaderboard(RECORDS, ["a", "b"]))
