@@ -272,7 +272,7 @@ def dice_figure(board: Leaderboard) -> Figure:
     axes.set_xticks(positions, [f"{m}\n(n={v.size})" for m, v in zip(order, values, strict=True)])
     axes.set_ylim(-0.02, 1.02)
     axes.set_ylabel("Dice")
-    axes.set_title(f"Dice on the {len(board.ranked_cases)} ranked cases (best-ranked model first)", fontsize=10)
+    axes.set_title(f"Dice, {len(board.ranked_cases)} ranked cases (best-ranked first)", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return figure
