@@ -1,4 +1,4 @@
-"""A fresh PostgreSQL database per test on the server that DAGSTER_PG_* point at (see .ci/postgres),
+"""A fresh PostgreSQL database per test on the server that DAGSTER_PG_* point at (see scripts/postgres.sh),
 so that runs of one test never show up in another."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from isles_pipeline.deployment import postgres_configured
 
 needs_postgres = pytest.mark.skipif(
-    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash .ci/postgres)\")"
+    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash scripts/postgres.sh)\")"
 )
 
 

@@ -81,7 +81,6 @@ def test_replica_build_writes_the_real_layout(tmp_path):
     ]
 
 
-@pytest.mark.timeout(300)
 def test_demo_runs_the_whole_chain_offline_and_prints_the_report(tmp_path):
     done = cli("demo", "--cases", "2", "--grid", "tiny", "--ctp-mb", "0.1", "--home", str(tmp_path / "isles"))
     assert done.returncode == 0, done.stdout + done.stderr

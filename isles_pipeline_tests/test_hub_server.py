@@ -49,8 +49,6 @@ BLOB = "data/sub/blob.bin"  # 2000 bytes: below the LFS threshold, not parquet -
 HELLO_BLOB_SHA1 = "ce013625030ba8dba906f756967f9e9ca394464a"  # `git hash-object` of b"hello\n"
 BLOB_BYTES = bytes(i % 251 for i in range(2000))
 
-pytestmark = pytest.mark.timeout(60)
-
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -98,7 +96,7 @@ def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET
     """(status, headers, body) of one request; HTTP errors are answers too."""
     request = urllib.request.Request(url, data=data, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
@@ -363,7 +361,7 @@ def test_file_bodies_are_streamed_not_loaded(tmp_path: Path) -> None:
         http_get(f"{hub.url}/org/big/resolve/main/big.bin", method="HEAD")  # hash before measuring
         tracemalloc.start()
         try:
-            with urllib.request.urlopen(f"{hub.url}/org/big/resolve/main/big.bin", timeout=30) as response:
+            with urllib.request.urlopen(f"{hub.url}/org/big/resolve/main/big.bin", timeout=60) as response:
                 digest = hashlib.sha256()
                 for piece in iter(lambda: response.read(1 << 20), b""):
                     digest.update(piece)
@@ -395,7 +393,7 @@ def test_reset_mid_body_is_an_error_for_a_plain_client(server: HubServer) -> Non
     server.faults.add("resolve", "reset", times=1, after_bytes=1000)
     url = f"{server.url}/{MODEL}/resolve/main/weights.bin"
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=60) as response:
             response.read()
     record = server.stats.log[-1]
     assert (record.status, record.bytes_sent) == (200, 1000)
@@ -416,7 +414,7 @@ def test_reset_mid_body_is_retried_by_hf_file_system(
 
 def _wait_until_idle(hub: HubServer) -> None:
     """Until every handler has finished (and printed whatever it prints)."""
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 60
     while hub._connections and time.monotonic() < deadline:
         time.sleep(0.02)
 
@@ -426,9 +424,9 @@ def test_dropped_connections_are_quiet_but_real_errors_are_not(
 ) -> None:
     server.faults.add("resolve", "reset", times=1, after_bytes=10)
     with pytest.raises((http.client.IncompleteRead, ConnectionError)):
-        with urllib.request.urlopen(f"{server.url}/{MODEL}/resolve/main/weights.bin", timeout=10) as response:
+        with urllib.request.urlopen(f"{server.url}/{MODEL}/resolve/main/weights.bin", timeout=60) as response:
             response.read()
-    idle = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=5)
+    idle = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=60)
     idle.request("GET", f"/api/datasets/{DATASET}")
     idle.getresponse().read()
     idle.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -441,7 +439,7 @@ def test_dropped_connections_are_quiet_but_real_errors_are_not(
 
     monkeypatch.setattr(server.app, "answer", broken_answer)
     with pytest.raises((http.client.HTTPException, ConnectionError)):
-        urllib.request.urlopen(f"{server.url}/api/datasets/{DATASET}", timeout=10)
+        urllib.request.urlopen(f"{server.url}/api/datasets/{DATASET}", timeout=60)
     _wait_until_idle(server)
     assert "RuntimeError: boom" in capsys.readouterr().err
 
@@ -528,7 +526,7 @@ def test_serve_forever_prints_url_and_stops_on_ctrl_c(dataset_dir: Path) -> None
         assert match, line
         assert http_get(f"{match[1]}/datasets/{DATASET}/resolve/main/README.md")[2] == b"hello\n"
         child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=15) == 0
+        assert child.wait(timeout=120) == 0  # a hang guard, not a speed bound
     finally:
         if child.poll() is None:
             child.kill()
@@ -583,15 +581,16 @@ def test_a_busy_or_bad_port_is_one_line_naming_the_port(dataset_dir: Path) -> No
         main(["hub", "serve", str(dataset_dir), "--port", "99999"])
 
 
-def test_request_bodies_are_capped(server: HubServer) -> None:
-    url = f"{server.url}/api/datasets/{DATASET}/paths-info/main"
-    status, _, body = http_get(url, method="POST", data=b"paths=" + b"x" * (MAX_BODY_BYTES + 1))
-    assert status == 413 and b"limited" in body
-    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=5)
+@pytest.mark.parametrize("declared", [str(MAX_BODY_BYTES + 1), "-5"])
+def test_request_bodies_are_capped(server: HubServer, declared: str) -> None:
+    """Refused on the declared length, before any of the body is read (the body is not even sent:
+    a client still sending when the 413 and the close come would see a broken pipe instead)."""
+    connection = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=60)
     connection.putrequest("POST", f"/api/datasets/{DATASET}/paths-info/main")
-    connection.putheader("Content-Length", "-5")
+    connection.putheader("Content-Length", declared)
     connection.endheaders()
-    assert connection.getresponse().status == 413
+    response = connection.getresponse()
+    assert response.status == 413 and b"limited" in response.read()
 
 
 def test_fault_injection_is_off_unless_enabled(dataset_dir: Path) -> None:
@@ -615,7 +614,7 @@ def test_the_real_client_with_telemetry_on_calls_only_known_routes(server: HubSe
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_HUB_DISABLE")}
     env.update(HF_HOME=str(tmp_path / "hf_home"), AI_AGENT="some-agent", HF_ENDPOINT=server.url)  # the registry comes from HF_ENDPOINT
-    done = subprocess.run([sys.executable, "-c", script, server.url, str(tmp_path / "cache")], capture_output=True, text=True, env=env, timeout=60)
+    done = subprocess.run([sys.executable, "-c", script, server.url, str(tmp_path / "cache")], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["2000", '{"channels":', '2}']
     assert server.stats.requests_by_route["agent_harnesses"] >= 1

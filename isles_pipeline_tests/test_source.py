@@ -237,7 +237,6 @@ def test_fetch_into_fsspec_memory_store(hub, replica_dir):
 # --- transient Hub faults are ridden out ------------------------------------------------------
 
 
-@pytest.mark.timeout(120)
 @pytest.mark.parametrize("route", ["repo_info", "tree", "resolve"])
 def test_a_503_burst_on_each_route_is_ridden_out(hub, replica_dir, tmp_path, route):
     hub.faults.add(route, "status", times=2, status=503)
@@ -247,7 +246,6 @@ def test_a_503_burst_on_each_route_is_ridden_out(hub, replica_dir, tmp_path, rou
     assert result.manifest.files["dwi"].sha256 == hashlib.sha256(shard_cells(replica_dir, CASE)["dwi"]).hexdigest()
 
 
-@pytest.mark.timeout(120)
 def test_a_connection_reset_mid_body_is_ridden_out(hub, replica_dir, tmp_path):
     hub.faults.add("resolve", "reset", times=1, path_contains="parquet")
     result = fetch_case(reader_for(hub), CaseStore(tmp_path), CASE)
