@@ -153,6 +153,8 @@ def _segment(args: argparse.Namespace) -> int:
             paths[column] = getattr(args, column)
     if not paths:
         raise ValueError("no images given: use --dwi and --adc, or --image COLUMN=PATH")
+    given = {f"--{c}": getattr(args, c) for c in ("dwi", "adc") if getattr(args, c) is not None}
+    _require_files(given | {f"--image {column}": path for column, path in args.image})
     options: dict[str, object] = {}
     if args.tile_step_size is not None:
         options["tile_step_size"] = args.tile_step_size
@@ -174,9 +176,18 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     score.set_defaults(run=_score)
 
 
+def _require_files(files: dict[str, Path]) -> None:
+    """Every input file is there, or one line naming each that is not (option and path)."""
+    missing = [f"{option} {path}" for option, path in files.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such file: {'; '.join(missing)} (give the path of an existing .nii or .nii.gz file for "
+                                f"{'each' if len(missing) > 1 else 'it'})")
+
+
 def _score(args: argparse.Namespace) -> int:
     from .metrics import score_files
 
+    _require_files({"--pred": args.pred, "--gt": args.gt})
     print(json.dumps(score_files(args.pred, args.gt).as_dict(), indent=2))
     return 0
 

@@ -18,6 +18,7 @@ The same code reads the real Hub and a local Hub-compatible server: only the end
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 from huggingface_hub import HfApi, HfFileSystem
 
 from . import nifti
-from .catalogue import DEFAULT_REPO_ID, IMAGE_COLUMNS, shard_path
+from .catalogue import DEFAULT_REPO_ID, IMAGE_COLUMNS, REPLICA_KEY, shard_path
 from .hub_client import bound_client_timeouts, check_resolvable, classify, hub_faults
 from .retry import call_with_retries
 
@@ -107,6 +108,7 @@ class CaseShard:
     mask: np.ndarray
     nonfinite: dict[str, int] = field(default_factory=dict)  # volume column -> NaN/inf voxels
     transfer: Transfer = field(default_factory=Transfer)
+    replica: dict | None = None  # the footer's REPLICA_KEY: a synthetic shard and what made it; None otherwise
 
     @property
     def lesion_ml(self) -> float:
@@ -185,10 +187,32 @@ class ShardReader:
                 table = _read_columns(case_id, _ShardFile(remote, transfer, max_read_bytes(), case_id), columns)
         transfer.seconds, transfer.retries = time.perf_counter() - started, retries.count
         files, names = _image_bytes(case_id, table, columns)
+        replica = replica_note(table.schema.metadata)
         del table
         pa.default_memory_pool().release_unused()  # pyarrow's pool keeps freed decode buffers otherwise
         grid, mask, nonfinite = _validate_images(case_id, files)
-        return CaseShard(identity, files, names, grid, mask, nonfinite, transfer)
+        return CaseShard(identity, files, names, grid, mask, nonfinite, transfer, replica)
+
+
+# What a replica's footer note may say, and of which type; anything else in it is dropped.
+REPLICA_FIELDS = {"synthetic": bool, "grid": str, "seed": int}
+
+
+def replica_note(metadata: dict[bytes, bytes] | None) -> dict | None:
+    """The shard's ``REPLICA_KEY`` footer note (allow-listed fields only), or None when it has none.
+    A note that is not a JSON object still marks the shard as synthetic."""
+    raw = (metadata or {}).get(REPLICA_KEY.encode())
+    if raw is None:
+        return None
+    try:
+        note = json.loads(raw)
+    except ValueError:
+        note = {}
+    note = note if isinstance(note, dict) else {}
+    kept = {k: v for k, v in note.items() if k in REPLICA_FIELDS and type(v) is REPLICA_FIELDS[k]}
+    if isinstance(kept.get("grid"), str):
+        kept["grid"] = kept["grid"][:40]
+    return {**kept, "synthetic": True}
 
 
 class _ShardFile:

@@ -23,7 +23,7 @@ from isles_pipeline.defs.resources import (
     ModelRegistryResource,
 )
 from isles_pipeline.defs.schedules import model_backfill_schedule, plan_backfill
-from isles_pipeline.leaderboard import RANKED_METRICS
+from isles_pipeline.leaderboard import RANKED_METRICS, build_leaderboard
 from isles_pipeline.models import ModelSpec, write_registry
 from isles_pipeline_tests.chain import resources_for
 
@@ -133,3 +133,36 @@ def test_a_third_model_materialises_only_its_partitions(two_models):
         assert set(counts.values()) == {1}, counts
     assert all(count(instance, "case_inputs", c) == 1 for c in CASES)
     assert plan_backfill(instance, store, [RULES.name, LOOSE.name, STRICT.name]).model_partitions == 0
+
+
+def test_a_model_run_on_fewer_cases_is_ranked_on_the_cases_both_ran_and_the_better_one_wins(hub, tmp_path):
+    """Issue 14's scenario on the assets: `rules` (the better model on this replica) has run one case,
+    `rules:loose` all three; the leaderboard ranks them on the one case both ran, `rules` wins, and
+    its two cases not run yet are coverage beside the rank, not losses."""
+    registry = write_registry(tmp_path / "models.yaml", [RULES, LOOSE])
+    resources = resources_for(hub.url, tmp_path / "data", registry)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([case_inputs], instance=instance, resources=resources, tags=range_tags(CASES)).success
+        sync_models(instance, [RULES.name, LOOSE.name])
+        assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, tags=range_tags(CASES, LOOSE.name)).success
+        assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, partition_key=case_model_key(CASES[0], RULES.name)).success
+        meta = metadata_of(dg.materialize([leaderboard], instance=instance, resources=resources), "leaderboard")
+        report = metadata_of(dg.materialize([metrics_report], instance=instance, resources=resources), "metrics_report")
+    table = pd.read_parquet(tmp_path / "data" / "leaderboard" / "leaderboard.parquet").set_index("model")
+    assert (meta["best_model"], meta["ranked_cases"], meta["expected_cases"]) == (RULES.name, 1, 3)
+    assert table.loc[RULES.name, ["position", "n", "scored", "failed", "not_run", "expected"]].tolist() == [1, 1, 1, 0, 2, 3]
+    assert table.loc[LOOSE.name, ["position", "n", "scored", "failed", "not_run", "expected"]].tolist() == [2, 1, 3, 0, 0, 3]
+    cases = pd.read_parquet(tmp_path / "data" / "leaderboard" / "cases.parquet")
+    # the test means something: counted as failures, the two cases not run would have crowned rules:loose
+    as_failures = {RULES.name: {c: "not run" for c in CASES[1:]}}
+    assert build_leaderboard(cases.to_dict("records"), [RULES.name, LOOSE.name], as_failures).best == LOOSE.name
+    summary = meta["summary"]
+    assert summary.startswith(f"## Leaderboard: 2 models, ranked on the 1 case every model has scored or failed ({CASES[0]}), of 3 expected")
+    assert f"| 1 | {RULES.name} | " in summary and "| 1 / 3 | 0 | 2 | 1 |" in summary
+    # the data are the replica's, and the report and the leaderboard say so
+    assert set(cases.data_synthetic) == {True} and set(cases.data_grid) == {"tiny"} and cases.data_revision.nunique() == 1
+    for text in (summary, report["summary"]):
+        assert "**Synthetic data.**" in text and "(synthetic replica, grid tiny)" in text
+    assert (f"- Expected cases: 3: {CASES[0]} to {CASES[-1]} (every case with a run of case_inputs, or of this model's chain, "
+            "in this Dagster instance)\n- Scored: 1\n- Failed: 0\n- Missing (neither scored nor failed): 2") in report["summary"]
+    assert f"- Models: `{RULES.name}`, `{LOOSE.name}` (registry: {registry})" in report["summary"]

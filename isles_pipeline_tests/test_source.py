@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from isles_devkit.processes import run_measured, user_env
-from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, IMAGE_COLUMNS, NEEDED_COLUMNS, shard_path
+from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, IMAGE_COLUMNS, NEEDED_COLUMNS, REPLICA_KEY, shard_path
 from isles_pipeline.hub import replica
 from isles_pipeline.hub.phantom import make_case
 from isles_pipeline.hub.server import HubServer
@@ -164,6 +164,32 @@ def test_fetch_writes_files_with_the_shards_sha256_and_a_manifest(hub, replica_d
     assert sorted(p.name for p in (tmp_path / "cases" / CASE).iterdir()) == [
         "adc.nii.gz", "dwi.nii.gz", "lesion_mask.nii.gz", "source.json"
     ]
+
+
+def test_a_replicas_shard_says_it_is_synthetic_and_the_case_records_it(hub, replica_dir, tmp_path):
+    result = fetch_case(reader_for(hub), CaseStore(tmp_path), CASE)
+    assert result.manifest.replica == {"synthetic": True, "grid": "tiny", "seed": 0}
+    assert read_manifest(CaseStore(tmp_path), CASE).replica == result.manifest.replica
+    assert result.summary()["replica"]["grid"] == "tiny"
+
+
+@pytest.mark.parametrize(
+    "note, recorded",
+    [
+        (None, None),  # the real dataset's shards carry no note
+        ('{"synthetic": true, "grid": "tiny", "seed": 3}', {"synthetic": True, "grid": "tiny", "seed": 3}),
+        ('{"grid": 7, "seed": "x", "token": "secret"}', {"synthetic": True}),  # off the allow-list: dropped
+        ("not json", {"synthetic": True}),
+    ],
+)
+def test_the_replica_note_is_read_from_the_footer_allow_listed(note, recorded, tmp_path):
+    schema = replica.shard_schema()
+    metadata = {k: v for k, v in schema.metadata.items() if k != REPLICA_KEY.encode()}
+    schema = schema.with_metadata({**metadata, **({REPLICA_KEY: note} if note is not None else {})})
+    replica.write_shard(tmp_path / shard_path(CASE), replica.case_row(CASE, grid="tiny", ctp_mb=0.05), schema=schema)
+    with HubServer() as server:
+        server.add_repo("dataset", DEFAULT_REPO_ID, tmp_path)
+        assert reader_for(server).read_case(CASE).replica == recorded
 
 
 def test_unchanged_shard_with_intact_files_skips_the_download(hub, tmp_path):

@@ -98,6 +98,18 @@ def materialise_cases(case_ids: list[str], models: list[str] | None = None, fetc
     return CaseLine("; ".join(parts), failed=failed)
 
 
+def cases_run(data_dir, models: list[str]) -> dict[str, str]:
+    """Every case the instance has run for these models (their inputs or a model's chain), and how
+    it went, in the words the report uses: ``scored``, ``failed`` or ``not scored``."""
+    from ..store import CaseStore
+    from .leaderboard import collect_results
+
+    results = collect_results(dg.DagsterInstance.get(), CaseStore(data_dir), models)
+    scored = {r["case_id"] for r in results.records}
+    failed = {c for cases in results.failures.values() for c in cases}
+    return {c: "failed" if c in failed else "scored" if c in scored else "not scored" for c in results.expected}
+
+
 def materialise_report() -> str:
     """Materialise metrics_report; return its markdown summary."""
     return materialise_reports()["metrics_report"]

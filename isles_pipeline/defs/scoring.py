@@ -10,10 +10,11 @@ import numpy as np
 
 from .. import nifti
 from ..formatting import fmt_metric, rounded
-from ..inputs import check_stored_inputs, read_case_images
+from ..inputs import check_stored_inputs, read_case_images, read_manifest
 from ..metrics import score_images
 from ..models import result_path
 from ..overlay import render_case_overlay
+from ..provenance import data_fields
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
 from .partitions import case_backfill_policy, case_model_partitions, case_partitions, split_key
@@ -55,7 +56,7 @@ def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResourc
         numbers = score_images(pred, gt).as_dict()
         info_path = result_path(store, case_id, model, PREDICTION_INFO_FILE)
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        record = {"case_id": case_id, **numbers, **info, "model": model}
+        record = {"case_id": case_id, **numbers, **info, "model": model, **data_fields(read_manifest(store, case_id))}
         store.write_text(result_path(store, case_id, model, METRICS_FILE), json.dumps(record, indent=2))
         png = render_case_overlay(nifti.as_float32(images["dwi"]), np.asarray(gt.dataobj), np.asarray(pred.dataobj), record)
         overlay = result_path(store, case_id, model, OVERLAY_FILE)
