@@ -30,9 +30,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 REPORT_SETTLE_S = 45
 sys.path.insert(0, str(REPO_ROOT))
 
+from isles_devkit.dagster_dev import dagster_dev_stack  # noqa: E402
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
 from isles_pipeline.demo import ensure_replica  # noqa: E402
-from isles_pipeline_tests.dagster_dev import dagster_dev_stack  # noqa: E402
 
 DEMO_WORKER = """
 import sys

@@ -153,7 +153,7 @@ def _watch_stages(baseline_mb: float) -> list:
     wrap(source, "_image_bytes", after=lambda *_: mark("cells copied to Python bytes (.as_py)"))
     wrap(source, "_validate_images", before=lambda *_: (gc.collect(), mark("table and fetched ranges released")),
          after=lambda *_: mark("read_case done"))
-    wrap(source.nifti, "scan", after=lambda _data, _header, what="": mark(f"{what}: stream inflated on its budget (streamed)"))
+    wrap(source.nifti, "scan", after=lambda _data, _verdict, what="": mark(f"{what}: stream inflated on its budget (streamed)"))
     wrap(source.nifti, "mask_from_bytes", after=lambda _data, what="": mark(f"{what}: decoded slab by slab, binary rule"))
     return records
 
@@ -189,7 +189,6 @@ def shard_facts(path: Path) -> dict:
     from its cells: the decoded sizes of the three volumes (stored dtype and float32)."""
     import struct
 
-    import numpy as np
     import pyarrow.parquet as pq
 
     from isles_pipeline import nifti
@@ -213,10 +212,9 @@ def shard_facts(path: Path) -> dict:
     volumes = {}
     for column in IMAGE_COLUMNS:
         data = table.column(column)[0].as_py()["bytes"]
-        header = nifti.read_header(data, column)
-        voxels = int(np.prod(header.get_data_shape()))
-        volumes[column] = {"shape": list(header.get_data_shape()), "dtype": str(header.get_data_dtype()),
-                           "stored_bytes": voxels * header.get_data_dtype().itemsize, "float32_bytes": voxels * 4,
+        verdict = nifti.admit_header(data, column)
+        volumes[column] = {"shape": list(verdict.shape), "dtype": str(verdict.dtype),
+                           "stored_bytes": verdict.voxels * verdict.dtype.itemsize, "float32_bytes": verdict.voxels * 4,
                            "file_bytes": len(data)}
     return {
         "shard_bytes": path.stat().st_size,

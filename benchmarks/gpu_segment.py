@@ -71,8 +71,8 @@ def nvauto_rows(args, device, case) -> list[str]:
 
 
 def nnunet_rows(args, device, case) -> list[str]:
+    from isles_devkit.nnunet_models import build_model_folder
     from isles_pipeline.segment.nnunet import NnUNetSegmenter
-    from isles_pipeline_tests.nnunet_models import build_model_folder
 
     dwi, adc, affine, _ = case
     rows = []

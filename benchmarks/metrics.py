@@ -22,8 +22,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from isles_devkit.reference_metrics import reference_scores  # noqa: E402
 from isles_pipeline.metrics import score_masks  # noqa: E402
-from isles_pipeline_tests.reference_metrics import reference_scores  # noqa: E402
 
 REQUIRED_SPEEDUP = 10.0
 AFFINE = np.diag([1.0, 1.0, 2.0, 1.0])

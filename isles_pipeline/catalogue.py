@@ -55,6 +55,11 @@ ALL_COLUMNS: tuple[str, ...] = ("subject_id", *NIFTI_COLUMNS, *CLINICAL_FLOAT_CO
 IMAGE_COLUMNS: tuple[str, ...] = ("dwi", "adc", "lesion_mask")
 NEEDED_COLUMNS: tuple[str, ...] = ("subject_id", *IMAGE_COLUMNS)
 
+# A shard footer (parquet key-value metadata) key the real dataset does not have: the project's
+# synthetic replicas write it (JSON: ``synthetic``, ``grid``, ``seed``) and the reader records it
+# with the case, so that a report on replica data says that the data are synthetic.
+REPLICA_KEY = "isles_pipeline.replica"
+
 _INDEX = {case_id: i for i, case_id in enumerate(CASE_IDS)}
 
 
@@ -90,3 +95,17 @@ def shard_index(case_id: str) -> int:
 def shard_path(case_id: str) -> str:
     """Path of the case's shard inside the dataset repo."""
     return f"data/train-{shard_index(case_id):05d}-of-{NUM_SHARDS:05d}.parquet"
+
+
+def case_ranges(case_ids) -> str:
+    """The ids for a person, runs of consecutive catalogue cases shortened: ``sub-stroke0001 to
+    sub-stroke0004, sub-stroke0009`` (unknown ids are listed as they are, after the others)."""
+    known = sorted({c for c in case_ids if c in _INDEX}, key=_INDEX.__getitem__)
+    runs: list[list[str]] = []
+    for case_id in known:
+        if runs and _INDEX[case_id] == _INDEX[runs[-1][-1]] + 1:
+            runs[-1].append(case_id)
+        else:
+            runs.append([case_id])
+    parts = [run[0] if len(run) == 1 else f"{run[0]}, {run[1]}" if len(run) == 2 else f"{run[0]} to {run[-1]}" for run in runs]
+    return ", ".join(parts + sorted({str(c) for c in case_ids if c not in _INDEX})) or "none"

@@ -117,6 +117,7 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     seg.add_argument("--tile-step-size", type=float, default=None, help="nnunet: sliding-window step as a fraction of the patch (default 0.5)")
     seg.add_argument("--no-mirroring", action="store_true", help="nnunet: no test-time mirroring")
     seg.add_argument("--folds", default=None, help="nnunet: folds to ensemble, e.g. 0,1 (default every fold present)")
+    seg.add_argument("--recipe", default=None, help="nnunet: deepisles-seals runs a v1 folder as DeepISLES runs SEALS")
     seg.set_defaults(run=_segment)
 
 
@@ -151,6 +152,8 @@ def _segment(args: argparse.Namespace) -> int:
             paths[column] = getattr(args, column)
     if not paths:
         raise ValueError("no images given: use --dwi and --adc, or --image COLUMN=PATH")
+    given = {f"--{c}": getattr(args, c) for c in ("dwi", "adc") if getattr(args, c) is not None}
+    _require_files(given | {f"--image {column}": path for column, path in args.image})
     settings = read_settings().with_values(segmenter=args.segmenter, checkpoint=args.checkpoint, device=args.device)
     options: dict[str, object] = {}
     if args.tile_step_size is not None:
@@ -159,6 +162,8 @@ def _segment(args: argparse.Namespace) -> int:
         options["use_mirroring"] = False
     if args.folds:
         options["folds"] = [int(f) if f.strip().isdigit() else f.strip() for f in args.folds.split(",")]
+    if args.recipe:
+        options["recipe"] = args.recipe
     spec = command_model(settings.segmenter, settings.checkpoint, options)
     summary = predict_image_files(paths, args.out, spec.segmenter, settings.device, spec.checkpoint, endpoint=settings.hf_endpoint,
                                   **spec.options)
@@ -183,9 +188,18 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     score.set_defaults(run=_score)
 
 
+def _require_files(files: dict[str, Path]) -> None:
+    """Every input file is there, or one line naming each that is not (option and path)."""
+    missing = [f"{option} {path}" for option, path in files.items() if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"no such file: {'; '.join(missing)} (give the path of an existing .nii or .nii.gz file for "
+                                f"{'each' if len(missing) > 1 else 'it'})")
+
+
 def _score(args: argparse.Namespace) -> int:
     from .metrics import score_files
 
+    _require_files({"--pred": args.pred, "--gt": args.gt})
     print(json.dumps(score_files(args.pred, args.gt).as_dict(), indent=2))
     return 0
 

@@ -32,6 +32,45 @@ def prepare_dagster_home(home: Path, deployment: str = "local") -> Path:
     return home
 
 
+def _same_replica(manifest: dict, case_ids: list[str], grid: str, ctp_mb: float) -> bool:
+    return manifest.get("case_ids") == case_ids and manifest.get("grid", {}).get("name") == grid and manifest.get("ctp_mb") == ctp_mb
+
+
+def _configuration(manifest: dict) -> str:
+    ids = manifest.get("case_ids") or []
+    return f"{len(ids)} cases, grid {manifest.get('grid', {}).get('name')}, ctp {manifest.get('ctp_mb')} MB"
+
+
+# What a demo run leaves in its home besides the replica: results, the Dagster instance, the registry.
+STATE = ("data", "dagster_home", "models.yaml")
+
+
+def start_state(home: Path, case_ids: list[str], grid: str, ctp_mb: float) -> str:
+    """The results in ``home`` belong to one replica configuration (cases, grid, ctp size), the one
+    ``home/replica/replica.json`` describes. Those of another configuration are removed before
+    this run; those of the same are kept (an unchanged case is not downloaded again). Returns the
+    line that says which. A home holding results but no demo replica is not the demo's: refused."""
+    manifest_path = home / "replica" / "replica.json"
+    held = [home / name for name in STATE if (home / name).is_file() or ((home / name).is_dir() and any((home / name).iterdir()))]
+    if not manifest_path.exists():
+        if held:
+            raise FileExistsError(f"{home} holds {', '.join(p.name for p in held)} but no demo replica ({manifest_path}): "
+                                  "not a demo's folder, so nothing is removed; pass another --home, or remove them yourself")
+        return f"state: a new demo home, {home}"
+    earlier = json.loads(manifest_path.read_text())
+    if _same_replica(earlier, case_ids, grid, ctp_mb):
+        if not held:
+            return f"state: no earlier results in {home}"
+        return (f"state: keeping the results of earlier runs on this replica ({_configuration(earlier)}) in {home / 'data'} and "
+                f"{home / 'dagster_home'}; this run recomputes its {len(case_ids)} cases for its models, and the report names any "
+                "other case it still counts")
+    for path in held:
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    removed = f"removed {', '.join(p.name for p in held)}" if held else "nothing to remove"
+    return (f"state: the earlier runs in {home} were on another replica ({_configuration(earlier)}): {removed}, "
+            f"so this run ({len(case_ids)} cases, grid {grid}, ctp {ctp_mb} MB) starts clean")
+
+
 def ensure_replica(folder: Path, case_ids: list[str], grid: str, ctp_mb: float) -> dict:
     """Build the replica unless one with the same cases and grid is already there."""
     from .hub.replica import build_replica
@@ -39,7 +78,7 @@ def ensure_replica(folder: Path, case_ids: list[str], grid: str, ctp_mb: float) 
     manifest_path = folder / "replica.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("case_ids") == case_ids and manifest.get("grid", {}).get("name") == grid and manifest.get("ctp_mb") == ctp_mb:
+        if _same_replica(manifest, case_ids, grid, ctp_mb):
             print(f"replica: reusing {folder} ({len(case_ids)} cases, grid {grid})")
             return manifest
         shutil.rmtree(folder)
@@ -51,7 +90,8 @@ def ensure_replica(folder: Path, case_ids: list[str], grid: str, ctp_mb: float) 
 
 
 DEMO_TRAINED = "network:demo"
-# A network that trains in about a minute on the CPU: coarse grid, small patches, few filters.
+# A network small enough for a CPU: coarse grid, small patches, few filters; 30 epochs of 4 steps take about 210 CPU
+# seconds (docs/benchmarks.md).
 DEMO_TRAINING = {"epochs": 30, "steps_per_epoch": 4, "batch_size": 4, "patch_size": [16, 16, 16], "init_filters": 8,
                  "target_spacing": [4.0, 4.0, 4.0], "learning_rate": 0.01, "amp": False}
 
@@ -99,6 +139,7 @@ def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.
         raise ValueError("--models with a network to train needs --cases 3 or more (or --checkpoint)")
     case_ids = list(CASE_IDS[:cases])
     replica = home / "replica"
+    print(start_state(home, case_ids, grid, ctp_mb))
     ensure_replica(replica, case_ids, grid, ctp_mb)
     dagster_home = prepare_dagster_home(home / "dagster_home")
     data_dir = home / "data"
@@ -117,7 +158,7 @@ def run_demo(home: Path, cases: int = 8, grid: str = "demo", ctp_mb: float = 20.
             specs, fetched = _train_first(runner, case_ids, specs)
         write_registry(registry, specs)
         print(f"models: {', '.join(m.name for m in specs)} (registry {registry})")
-        failed = _materialise(runner, case_ids, fetched)
+        failed = _materialise(runner, case_ids, fetched, data_dir)
     _print_outcome(home, data_dir, dagster_home, failed, [m.name for m in specs])
     return 1 if failed else 0
 
@@ -132,13 +173,15 @@ def _train_first(runner, case_ids: list[str], specs: list) -> tuple[list, list[s
     usable = [c for c in case_ids if c not in failed]
     if len(usable) < 3:
         raise RuntimeError(f"training needs 3 fetched cases, got {len(usable)} (failed: {', '.join(failed)})")
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     checkpoint, held_out_dice = runner.train_network(usable[:-2], usable[-2:], DEMO_TRAINING)
-    print(f"network: trained in {time.perf_counter() - started:.0f} s, held-out Dice {held_out_dice:.3f}; {checkpoint}")
+    # CPU seconds (all threads) beside the wall time: the wall time grows with whatever else the machine runs
+    print(f"network: trained in {time.perf_counter() - started:.0f} s ({time.process_time() - cpu:.0f} CPU s), "
+          f"held-out Dice {held_out_dice:.3f}; {checkpoint}")
     return [replace(m, checkpoint=checkpoint) if m.name == DEMO_TRAINED else m for m in specs], usable
 
 
-def _materialise(runner, case_ids: list[str], fetched: list[str]) -> list[str]:
+def _materialise(runner, case_ids: list[str], fetched: list[str], data_dir: Path) -> list[str]:
     """Run the chain for each case with every model, then the report and the leaderboard; return
     the cases that failed."""
     started, failed = time.perf_counter(), []
@@ -148,6 +191,11 @@ def _materialise(runner, case_ids: list[str], fetched: list[str]) -> list[str]:
         failed += line.failed
         print(f"[{index}/{len(case_ids)}] {line.text}  ({time.perf_counter() - started:.0f} s)", flush=True)
     summaries = runner.materialise_reports()
+    others = {c: how for c, how in runner.cases_run(data_dir, models).items() if c not in case_ids}
+    if others:
+        print(f"\nstate: the report and the leaderboard also count {len(others)} case(s) of earlier runs kept in "
+              f"{data_dir.parent}, not of this run: " + ", ".join(f"{c} ({how})" for c, how in others.items()) +
+              f". For a clean start: another --home, or remove {data_dir} and {data_dir.parent / 'dagster_home'}.")
     print()
     print(summaries["metrics_report"])
     print(_without_images(summaries["leaderboard"]))
@@ -155,8 +203,20 @@ def _materialise(runner, case_ids: list[str], fetched: list[str]) -> list[str]:
 
 
 def _without_images(markdown: str) -> str:
-    """The leaderboard's markdown for a terminal: the inline plots (data: URIs) left out."""
-    return "\n".join(line for line in markdown.splitlines() if "data:image/png;base64," not in line)
+    """The leaderboard's markdown for a terminal: the inline plots (data: URIs) left out with their
+    headings (the outcome lists the plots' files)."""
+    kept: list[str] = []
+    for line in markdown.splitlines():
+        if "data:image/png;base64," not in line:
+            kept.append(line)
+            continue
+        while kept and not kept[-1].strip():
+            kept.pop()
+        if kept and kept[-1].startswith("#"):
+            kept.pop()
+        while kept and not kept[-1].strip():
+            kept.pop()
+    return "\n".join(kept)
 
 
 def _print_outcome(home: Path, data_dir: Path, dagster_home: Path, failed: list[str], models: list[str]) -> None:

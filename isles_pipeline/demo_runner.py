@@ -94,6 +94,17 @@ class DemoRunner:
             )
         return CaseLine("; ".join(parts), failed=failed)
 
+    def cases_run(self, data_dir, models: list[str]) -> dict[str, str]:
+        """Every case the instance has run for these models (their inputs or a model's chain), and how
+        it went, in the words the report uses: ``scored``, ``failed`` or ``not scored``."""
+        from .defs.leaderboard import collect_results
+        from .store import CaseStore
+
+        results = collect_results(self.instance, CaseStore(data_dir), models)
+        scored = {r["case_id"] for r in results.records}
+        failed = {c for cases in results.failures.values() for c in cases}
+        return {c: "failed" if c in failed else "scored" if c in scored else "not scored" for c in results.expected}
+
     def materialise_reports(self) -> dict[str, str]:
         """Materialise metrics_report and leaderboard; return their markdown summaries by asset."""
         result = self.defs.resolve_job_def("report_job").execute_in_process(run_config=QUIET_LOGS, instance=self.instance)

@@ -1,6 +1,6 @@
-"""Numbers for people: Dice to 3 decimals, volumes (ml) to 2. Only what a person reads (UI
-markdown and tables, the report's markdown) goes through here; JSON, CSV and parquet keep full
-precision."""
+"""Numbers and messages for people: Dice to 3 decimals, volumes (ml) to 2, an error in one line.
+Only what a person reads (UI markdown and tables, the report's markdown, a refusal) goes through
+here; JSON, CSV and parquet keep full precision."""
 
 from __future__ import annotations
 
@@ -54,3 +54,8 @@ def _fixed(value, decimals: int) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{float(value):.{decimals}f}"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's message, or its type when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -1,5 +1,9 @@
-"""What every huggingface_hub client of the pipeline shares: the token rule, bounded timeouts, and
-one clear error for every way the Hub can fail to answer.
+"""What every huggingface_hub client of the pipeline shares: bounded timeouts, and one clear error
+for every way the Hub can fail to answer.
+
+The token is the client's own: ``HF_TOKEN``, else the login ``hf auth login`` stored under
+``HF_HOME``. No call here passes ``token=``, so its value never goes through the pipeline, nor into
+an fs's ``storage_options``, run config, metadata or logs.
 
 Retries are not done here. ``HfFileSystem`` retries its range reads and tree listings itself
 (408, 429, 5xx, timeouts, dropped connections: 5 retries over about 23 s); the one call it does
@@ -10,7 +14,6 @@ and says whether a later attempt may succeed (``transient``): Dagster retries th
 
 from __future__ import annotations
 
-import os
 import socket
 import threading
 from contextlib import contextmanager
@@ -20,6 +23,7 @@ import httpx2
 from huggingface_hub import set_client_factory
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    GatedRepoError,
     HfHubHTTPError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -33,16 +37,6 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 _configured = threading.Lock()
 _done = False
-
-
-def hub_token_setting() -> bool | None:
-    """What to pass as ``token=`` to huggingface_hub.
-
-    ``None`` when ``HF_TOKEN`` is set: the client reads it itself, so the value never passes
-    through the pipeline nor lands in an fs's ``storage_options``. ``False`` otherwise, so that no
-    token file (``$HF_HOME/token``) is sent behind the user's back: ``HF_TOKEN`` is the only source.
-    """
-    return None if os.environ.get("HF_TOKEN") else False
 
 
 def _bounded_client() -> httpx2.Client:
@@ -86,8 +80,10 @@ def check_resolvable(endpoint: str, case_id: str | None = None) -> None:
 def classify(exc: BaseException, target: str = "the repo") -> tuple[str, bool] | None:
     """(what went wrong, transient) for a Hub client error about ``target`` (``repo@revision``);
     None for anything else."""
+    if isinstance(exc, GatedRepoError):
+        return f"{target}: gated: ask for access on the Hub, then set HF_TOKEN or run `hf auth login`", False
     if isinstance(exc, RepositoryNotFoundError):
-        return f"{target}: repo not found (or private: set HF_TOKEN)", False
+        return f"{target}: repo not found (or private: set HF_TOKEN or run `hf auth login`)", False
     if isinstance(exc, RevisionNotFoundError):
         return f"{target}: revision not found", False
     if isinstance(exc, EntryNotFoundError):
@@ -95,7 +91,7 @@ def classify(exc: BaseException, target: str = "the repo") -> tuple[str, bool] |
     if isinstance(exc, HfHubHTTPError):
         status = exc.response.status_code if exc.response is not None else None
         if status in (401, 403):
-            return f"access denied (HTTP {status}): set HF_TOKEN to a token that can read the repo", False
+            return f"access denied (HTTP {status}): set HF_TOKEN, or run `hf auth login`, with a token that can read the repo", False
         return f"HTTP {status} from the Hub", status in TRANSIENT_STATUS
     if isinstance(exc, httpx2.TimeoutException):
         return f"no answer in time ({type(exc).__name__})", True

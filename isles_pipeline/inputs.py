@@ -48,6 +48,7 @@ class CaseManifest:
     voxel_size_mm: tuple[float, ...]
     lesion_ml: float
     nonfinite_voxels: dict[str, int] = field(default_factory=dict)  # NaN/inf voxels, read as background
+    replica: dict | None = None  # the shard's note that it is synthetic (a replica), and its grid
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -87,6 +88,7 @@ class FetchResult:
             "voxel_size_mm": [round(v, 4) for v in m.voxel_size_mm],
             "lesion_ml": round(m.lesion_ml, 4),
             "nonfinite_voxels": dict(m.nonfinite_voxels),
+            "replica": m.replica,
             "files": {col: {"name": f.name, "sha256": f.sha256, "bytes": f.size} for col, f in m.files.items()},
         }
 
@@ -142,6 +144,7 @@ def _manifest(shard: CaseShard, repo_id: str, files: dict[str, CaseFile]) -> Cas
         voxel_size_mm=shard.grid.voxel_size_mm,
         lesion_ml=shard.lesion_ml,
         nonfinite_voxels=shard.nonfinite,
+        replica=shard.replica,
     )
 
 
@@ -176,5 +179,5 @@ def check_stored_inputs(store: CaseStore, case_id: str) -> nifti.Grid:
         data = store.read_bytes(store.case_path(case_id, f.name))
         if sha256_hex(data) != f.sha256:
             raise ValueError(f"case {case_id}: {f.name} changed since it was fetched (sha256 differs from source.json)")
-        grids[column] = nifti.grid_of_header(nifti.read_header(data, f"case {case_id} {column}"))
+        grids[column] = nifti.admit_header(data, f"case {case_id} {column}").grid
     return nifti.check_same_grids(grids)

@@ -1,18 +1,22 @@
 """The leaderboard: several models over the same cases, summarised, ranked and compared.
 
-Plain pandas / scipy / matplotlib (no Dagster). Per model: n, mean, median and IQR of each
-metric, failures by case. Ranking "rank then aggregate" (BIAS, as the ISLES challenges do): per
-case and metric the models are ranked (better value = lower rank, ties share the mean rank, a
-missing prediction takes the worst rank), ranks are averaged over cases, then over metrics; the
-lowest mean rank wins. Paired comparison with the winner: Wilcoxon signed-rank p-value and the
-median paired difference (model - best) on the cases every model completed.
+Plain pandas / scipy / matplotlib (no Dagster). Which cases count: a model has *done* a case when
+it scored it or failed on it. Models are ranked on the cases every model has done (the *ranked*
+cases); a case a model failed takes the worst rank there (the challenge rule for a missing
+prediction); a case a model has not run yet is not a loss but coverage, shown beside the rank
+(scored / expected). A model that has done no case yet is listed unranked. Ranking "rank then
+aggregate" (BIAS, as the ISLES challenges do): per ranked case and metric the models are ranked
+(better value = lower rank, ties share the mean rank), ranks are averaged over cases, then over
+metrics; the lowest mean rank wins. Per model: n, mean, median and IQR of each metric over the
+ranked cases it scored, failures by case. Paired comparison with the winner: Wilcoxon signed-rank
+p-value and the median paired difference (model - best) on the ranked cases every model scored.
 """
 
 from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +24,9 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .catalogue import case_ranges
 from .formatting import fmt_metric
+from .provenance import SYNTHETIC_NOTE, describe_data, is_synthetic
 from .store import CaseStore
 
 # metric -> True when higher is better
@@ -32,42 +38,69 @@ WORST_PER_MODEL = 3
 @dataclass(frozen=True, eq=False)
 class Leaderboard:
     models: list[str]
-    table: pd.DataFrame  # one row per model, best first
+    table: pd.DataFrame  # one row per model, best first; unranked models (no case done) last
     cases: pd.DataFrame  # one row per (case, model) scored: the inputs
     paired: pd.DataFrame  # model, metric, n, median_diff, p_value: each model against the best
     failures: dict[str, dict[str, str]]  # model -> case id -> cause
     worst: dict[str, list[str]] = field(default_factory=dict)  # model -> lowest-Dice case ids
-    complete_cases: list[str] = field(default_factory=list)
+    complete_cases: list[str] = field(default_factory=list)  # ranked cases every ranked model scored
+    ranked_cases: list[str] = field(default_factory=list)  # cases every ranked model scored or failed
+    expected_cases: list[str] = field(default_factory=list)  # cases any model should have: coverage's denominator
 
     @property
     def best(self) -> str | None:
-        return str(self.table.index[0]) if len(self.table) else None
+        ranked = self.table[self.table.mean_rank.notna()] if len(self.table) else self.table
+        return str(ranked.index[0]) if len(ranked) else None
+
+    @property
+    def ranked_models(self) -> list[str]:
+        return [str(m) for m in self.table.index[self.table.mean_rank.notna()]] if len(self.table) else []
+
+    @property
+    def ranked_records(self) -> pd.DataFrame:
+        """The scored records the table and the plots are computed on: the ranked cases."""
+        return self.cases[self.cases.case_id.isin(self.ranked_cases) & self.cases.model.isin(self.ranked_models)]
 
 
-def build_leaderboard(records: Sequence[Mapping], models: Sequence[str], failures: Mapping[str, Mapping[str, str]] | None = None) -> Leaderboard:
+def build_leaderboard(records: Sequence[Mapping], models: Sequence[str], failures: Mapping[str, Mapping[str, str]] | None = None,
+                      expected: Iterable[str] = ()) -> Leaderboard:
     """``records``: metrics records (``case_id``, ``model`` and the metrics) of the scored
-    (case, model) pairs; ``failures``: model -> case id -> cause of those that failed."""
+    (case, model) pairs; ``failures``: model -> case id -> cause of those that failed;
+    ``expected``: the cases every model should have (coverage), beyond those some model has done."""
     models = list(models)
     cases = pd.DataFrame([dict(r) for r in records if r.get("model") in models])
     if cases.empty:
         cases = pd.DataFrame(columns=["case_id", "model", *RANKED_METRICS, "gt_ml", "pred_ml"])
     cases = cases.sort_values(["model", "case_id"]).reset_index(drop=True)
-    failures = {m: dict((failures or {}).get(m, {})) for m in models}
-    ranks = mean_ranks(cases, models)
-    table = _summary(cases, models, failures).join(ranks).sort_values(["mean_rank", "n"], ascending=[True, False], kind="stable")
+    scored = {m: set(cases.case_id[cases.model == m]) for m in models}
+    # a case scored after an earlier failure is scored
+    failures = {m: {c: str(cause) for c, cause in (failures or {}).get(m, {}).items() if c not in scored[m]} for m in models}
+    done = {m: scored[m] | set(failures[m]) for m in models}
+    ranked_models = [m for m in models if done[m]]
+    ranked = sorted(set.intersection(*(done[m] for m in ranked_models))) if ranked_models else []
+    expected_cases = sorted(set(expected).union(*done.values()))
+    on_ranked = cases[cases.case_id.isin(ranked)]
+    table = _summary(on_ranked, models, scored, failures, len(expected_cases)).join(mean_ranks(on_ranked, ranked_models, ranked))
+    table = table.sort_values(["mean_rank", "scored"], ascending=[True, False], kind="stable", na_position="last")
     table.insert(0, "position", range(1, len(table) + 1))
-    complete = _complete_cases(cases, models)
-    paired = paired_comparison(cases, str(table.index[0]), models, complete) if len(table) else pd.DataFrame()
+    complete = [c for c in ranked if all(c in scored[m] for m in ranked_models)]
+    best = next((str(m) for m in table.index if m in ranked_models), None)
+    paired = paired_comparison(cases, best, ranked_models, complete) if best else pd.DataFrame()
     worst = {m: cases[cases.model == m].sort_values(["dice", "case_id"]).case_id.head(WORST_PER_MODEL).tolist() for m in models}
-    return Leaderboard(models, table, cases, paired, failures, worst, complete)
+    return Leaderboard(models, table, cases, paired, failures, worst, complete, ranked, expected_cases)
 
 
-def _summary(cases: pd.DataFrame, models: list[str], failures: Mapping[str, Mapping[str, str]]) -> pd.DataFrame:
+def _summary(on_ranked: pd.DataFrame, models: list[str], scored: Mapping[str, set], failures: Mapping[str, Mapping[str, str]],
+             expected: int) -> pd.DataFrame:
+    """Per model: the statistics over the ranked cases it scored (``n`` of them), and its coverage
+    of the expected cases: scored, failed, not run."""
     rows = {}
     for model in models:
-        mine = cases[cases.model == model]
-        row: dict[str, float | int | str] = {"n": len(mine), "failed": len(failures.get(model, {})),
-                                             "dataset_revisions": _distinct(mine, "dataset_revision"),
+        mine = on_ranked[on_ranked.model == model]
+        failed = len(failures.get(model, {}))
+        row: dict[str, float | int | str] = {"n": len(mine), "scored": len(scored[model]), "failed": failed,
+                                             "not_run": expected - len(scored[model]) - failed, "expected": expected,
+                                             "data_revisions": _distinct(mine, "data_revision"),
                                              "fingerprints": _distinct(mine, "fingerprint")}
         for metric in RANKED_METRICS:
             values = mine[metric].astype(float).to_numpy() if len(mine) else np.array([])
@@ -83,26 +116,18 @@ def _distinct(cases: pd.DataFrame, column: str) -> str:
     return ", ".join(sorted({str(v) for v in cases[column].dropna() if str(v)})) if column in cases else ""
 
 
-def mean_ranks(cases: pd.DataFrame, models: list[str]) -> pd.DataFrame:
-    """Per model: the mean rank of each metric over the cases any model scored, and ``mean_rank``
-    (their mean over metrics)."""
-    case_ids = sorted(cases.case_id.unique()) if len(cases) else []
+def mean_ranks(cases: pd.DataFrame, models: list[str], case_ids: list[str]) -> pd.DataFrame:
+    """Per model of ``models``: the mean rank of each metric over ``case_ids``, where a model
+    without a value (it failed the case) ranks last, and ``mean_rank`` (their mean over metrics)."""
     out = pd.DataFrame(index=pd.Index(models, name="model"))
     for metric, higher_better in RANKED_METRICS.items():
         grid = cases.pivot_table(index="case_id", columns="model", values=metric, aggfunc="first") if len(cases) else pd.DataFrame()
         grid = grid.reindex(index=case_ids, columns=models).astype(float)
-        worst = -np.inf if higher_better else np.inf  # a missing prediction ranks last
+        worst = -np.inf if higher_better else np.inf  # a failed case ranks last
         ranked = grid.fillna(worst).rank(axis=1, ascending=not higher_better, method="average")
         out[f"rank_{metric}"] = ranked.mean(axis=0) if case_ids else math.nan
     out["mean_rank"] = out[[f"rank_{m}" for m in RANKED_METRICS]].mean(axis=1)
     return out
-
-
-def _complete_cases(cases: pd.DataFrame, models: list[str]) -> list[str]:
-    if cases.empty:
-        return []
-    per_case = cases.groupby("case_id").model.apply(set)
-    return sorted(c for c, done in per_case.items() if set(models) <= done)
 
 
 def paired_comparison(cases: pd.DataFrame, best: str, models: list[str], complete: list[str]) -> pd.DataFrame:
@@ -135,32 +160,54 @@ SHOWN = ("dice", "avd_ml", "lesion_count_diff", "f1_isles22", "f1_isles24")
 
 
 def display_rows(board: Leaderboard) -> list[dict]:
-    """The table as a person reads it: median (IQR) per metric, counts, mean rank."""
+    """The table as a person reads it: mean rank, coverage, median (IQR) per metric."""
     rows = []
     for model, row in board.table.iterrows():
-        shown = {"position": int(row.position), "model": str(model), "n": int(row.n), "failed": int(row.failed),
-                 "mean_rank": round(float(row.mean_rank), 3) if row.mean_rank == row.mean_rank else None}
+        shown = {"position": int(row.position), "model": str(model),
+                 "mean_rank": round(float(row.mean_rank), 3) if row.mean_rank == row.mean_rank else None,
+                 "scored / expected": f"{int(row.scored)} / {int(row.expected)}", "failed": int(row.failed),
+                 "not run": int(row.not_run), "n": int(row.n)}
         for metric in SHOWN:
             shown[f"{metric} mean"] = fmt_metric(metric, row[f"{metric}_mean"])
             shown[f"{metric} median [IQR]"] = f"{fmt_metric(metric, row[f'{metric}_median'])} [{fmt_metric(metric, row[f'{metric}_iqr'])}]"
-        shown |= {"dataset revision": str(row.dataset_revisions), "fingerprints": str(row.fingerprints)}
+        # what the row was computed from (the full revisions are in the table's data_revisions)
+        shown |= {"data revision": ", ".join(r[:12] for r in str(row.data_revisions).split(", ") if r),
+                  "fingerprints": str(row.fingerprints)}
         rows.append(shown)
     return rows
 
 
+def title(board: Leaderboard) -> str:
+    """Which models, ranked on which cases, of how many expected."""
+    ranked = len(board.ranked_cases)
+    return (f"{len(board.models)} models, ranked on the {ranked} case{'s' * (ranked != 1)} every model has scored or failed "
+            f"({case_ranges(board.ranked_cases)}), of {len(board.expected_cases)} expected")
+
+
 def to_markdown(board: Leaderboard, overlay_links: Mapping[tuple[str, str], str] | None = None, plots: Mapping[str, str] | None = None) -> str:
-    """Ranking table, paired comparison, failures, worst cases (linked to their overlays), plots
-    (``plots``: title -> image URL, e.g. a data: URI)."""
+    """Ranking table, where its numbers come from, paired comparison, failures, worst cases (linked
+    to their overlays), plots (``plots``: title -> image URL, e.g. a data: URI)."""
     rows = display_rows(board)
-    lines = [f"## Leaderboard: {len(board.models)} models, {len(board.complete_cases)} cases completed by every model", ""]
+    lines = [f"## Leaderboard: {title(board)}", ""]
+    if is_synthetic(board.cases):
+        lines += [SYNTHETIC_NOTE, ""]
     if rows:
         headers = list(rows[0])
         lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
         lines += ["| " + " | ".join("-" if r[h] is None else str(r[h]) for h in headers) + " |" for r in rows]
-    lines += ["", "Ranking: per case and metric (Dice, AVD, lesion count difference, F1 ISLES'22, F1 ISLES'24) the models "
-              "are ranked, ties share the mean rank, a missing case ranks last; ranks are averaged over cases, then metrics.", ""]
+    unranked = [m for m in board.models if m not in board.ranked_models]
+    if unranked:
+        lines += ["", "Not ranked yet (no case scored or failed): " + ", ".join(f"`{m}`" for m in unranked) + "."]
+    lines += ["", "Ranking: on the ranked cases, per case and metric (Dice, AVD, lesion count difference, F1 ISLES'22, "
+              "F1 ISLES'24) the models are ranked, ties share the mean rank, a case a model failed ranks last; ranks are "
+              "averaged over cases, then metrics. A case a model has not run yet is not ranked: it counts in `scored / "
+              "expected` and `not run`, not against the model. Means, medians and IQRs are over the `n` ranked cases each "
+              "model scored.", ""]
+    sources = describe_data(board.ranked_records, what="(case, model) results")
+    if sources:
+        lines += ["Data of the ranked results:", "", *(f"- {line}" for line in sources), ""]
     if len(board.paired):
-        lines += [f"### Paired with the best model ({board.best}), on the {len(board.complete_cases)} cases every model completed", "",
+        lines += [f"### Paired with the best model ({board.best}), on the {len(board.complete_cases)} ranked cases every model scored", "",
                   "| model | metric | n | median difference (model - best) | Wilcoxon p |", "|---|---|---|---|---|"]
         for r in board.paired.itertuples():
             p = "-" if r.p_value != r.p_value else f"{r.p_value:.3g}"
@@ -169,13 +216,13 @@ def to_markdown(board: Leaderboard, overlay_links: Mapping[tuple[str, str], str]
     failed = {m: f for m, f in board.failures.items() if f}
     lines += ["### Failures", ""]
     lines += [f"- **{m}**: {len(f)} case(s): " + "; ".join(f"`{c}` ({cause})" for c, cause in sorted(f.items())) for m, f in failed.items()] or ["None."]
-    lines += ["", "### Worst cases (lowest Dice) per model", ""]
+    lines += ["", "### Worst cases (lowest Dice) per model, of every case it scored", ""]
     for model, case_ids in board.worst.items():
         dice = board.cases[board.cases.model == model].set_index("case_id").dice
         items = [_link(f"{c} (Dice {fmt_metric('dice', dice[c])})", (overlay_links or {}).get((c, model))) for c in case_ids]
         lines.append(f"- **{model}**: " + (", ".join(items) if items else "no scored case"))
-    for title, url in (plots or {}).items():
-        lines += ["", f"### {title}", "", f"![{title}]({url})"]
+    for name, url in (plots or {}).items():
+        lines += ["", f"### {name}", "", f"![{name}]({url})"]
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +271,8 @@ def dice_figure(board: Leaderboard) -> Figure:
     order = list(board.table.index)
     figure = Figure(figsize=(max(4.0, 1.6 * len(order) + 1), 4.0))
     axes = figure.add_subplot()
-    values = [board.cases[board.cases.model == m].dice.astype(float).to_numpy() for m in order]
+    on = board.ranked_records
+    values = [on[on.model == m].dice.astype(float).to_numpy() for m in order]
     positions = np.arange(1, len(order) + 1)
     if any(v.size for v in values):
         axes.boxplot([v if v.size else [np.nan] for v in values], positions=positions, widths=0.5, showfliers=False)
@@ -234,7 +282,7 @@ def dice_figure(board: Leaderboard) -> Figure:
     axes.set_xticks(positions, [f"{m}\n(n={v.size})" for m, v in zip(order, values, strict=True)])
     axes.set_ylim(-0.02, 1.02)
     axes.set_ylabel("Dice")
-    axes.set_title("Dice per case (best-ranked model first)", fontsize=10)
+    axes.set_title(f"Dice, {len(board.ranked_cases)} ranked cases (best-ranked first)", fontsize=10)
     axes.grid(axis="y", alpha=0.3)
     figure.tight_layout()
     return figure
@@ -245,8 +293,9 @@ def bland_altman_figure(board: Leaderboard) -> Figure:
     with each model's bias and 95 % limits of agreement (bias +- 1.96 SD)."""
     figure = Figure(figsize=(6.5, 4.5))
     axes = figure.add_subplot()
+    on = board.ranked_records
     for index, model in enumerate(board.table.index):
-        mine = board.cases[board.cases.model == model]
+        mine = on[on.model == model]
         if mine.empty:
             continue
         true, pred = mine.gt_ml.astype(float).to_numpy(), mine.pred_ml.astype(float).to_numpy()
@@ -260,8 +309,8 @@ def bland_altman_figure(board: Leaderboard) -> Figure:
     axes.axhline(0, color="black", lw=0.6)
     axes.set_xlabel("mean of predicted and true volume (ml)")
     axes.set_ylabel("predicted - true volume (ml)")
-    axes.set_title("Bland-Altman: predicted vs true lesion volume")
-    if board.cases.shape[0]:
+    axes.set_title(f"Bland-Altman: predicted vs true lesion volume, {len(board.ranked_cases)} ranked cases")
+    if on.shape[0]:
         axes.legend(fontsize=7, loc="best")
     axes.grid(alpha=0.3)
     figure.tight_layout()

@@ -63,7 +63,7 @@ def predict_images(segmenter: Segmenter, images: Mapping[str, nib.Nifti1Image]) 
     reference = next(iter(images.values()))
     arrays = {column: nifti.as_float32(image) for column, image in images.items()}
     started = time.perf_counter()
-    mask = segmenter.segment_images(arrays, grid.affine)
+    mask = segmenter.segment_images(arrays, grid.affine, nifti.header_spacing(reference))
     seconds = time.perf_counter() - started
     if mask.shape != grid.shape:
         raise ValueError(f"segmenter {segmenter.name} returned shape {mask.shape} for input shape {grid.shape}")

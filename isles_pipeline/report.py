@@ -17,8 +17,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from upath import UPath
 
+from isles_pipeline.catalogue import case_ranges
 from isles_pipeline.formatting import decimals_for, fmt_metric
 from isles_pipeline.metrics import HEADLINE_KEYS
+from isles_pipeline.provenance import SYNTHETIC_NOTE, describe_data, is_synthetic
 from isles_pipeline.store import CaseStore
 
 CASE_ID = "case_id"
@@ -41,6 +43,8 @@ class Report:
     failed: dict[str, str]
     unexpected: list[str] = field(default_factory=list)
     expected_count: int = 0
+    expected: list[str] = field(default_factory=list)
+    expected_from: str = ""  # which cases were expected, in a person's words (e.g. "cases run in this instance")
 
     @property
     def scored_count(self) -> int:
@@ -64,9 +68,11 @@ def build_report(
     expected_case_ids: Iterable[str],
     failures: Mapping[str, str],
     n_worst: int = DEFAULT_WORST,
+    expected_from: str = "",
 ) -> Report:
     """Assemble a :class:`Report` from per-case records (``case_id`` + ``CaseScores.as_dict()``
-    numbers + optional extras such as segmenter, device, seconds) and the expected case ids."""
+    numbers + optional extras such as segmenter, device, seconds and the data fields of
+    ``provenance.py``) and the expected case ids (``expected_from``: where that list came from)."""
     cases = _cases_frame(records)
     expected = sorted(set(expected_case_ids))
     scored = set(cases[CASE_ID])
@@ -78,6 +84,8 @@ def build_report(
         failed={c: str(failures[c]) for c in sorted(failures)},
         unexpected=sorted(scored - set(expected)),
         expected_count=len(expected),
+        expected=expected,
+        expected_from=expected_from,
     )
 
 
@@ -178,14 +186,23 @@ def _is_number(text: str) -> bool:
 
 
 def _counts_section(report: Report) -> str:
-    lines = [
-        "# Segmentation scores",
-        "",
-        f"- Expected cases: {report.expected_count}",
+    """The counts, and where they come from: which cases were expected (and why), the data scored."""
+    scope = f" ({report.expected_from})" if report.expected_from else ""
+    lines = ["# Segmentation scores", ""]
+    if is_synthetic(report.cases):
+        lines += [SYNTHETIC_NOTE, ""]
+    lines += [
+        f"- Expected cases: {report.expected_count}: {case_ranges(report.expected)}{scope}",
         f"- Scored: {report.scored_count}",
         f"- Failed: {len(report.failed)}",
         f"- Missing (neither scored nor failed): {len(report.missing)}",
     ]
+    sources = describe_data(report.cases)
+    if len(sources) == 1:
+        lines.append(f"- Data: {sources[0]}")
+    elif sources:
+        lines += [f"- Data: **{len(sources)} different sources** (the scores do not all come from the same data):",
+                  *(f"  - {line}" for line in sources)]
     if report.scored_count == 0:
         lines += ["", "**No case is scored.**"]
     return "\n".join(lines)

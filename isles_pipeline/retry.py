@@ -1,8 +1,10 @@
 """Retrying the one Hub call that ``huggingface_hub`` does not retry itself: repo info.
 
-Range reads and tree listings are retried by the client (see :mod:`isles_pipeline.hub_client`);
-wrapping them again would multiply the attempts. Bad data, "not found", 4xx and unresolvable
-hosts are never retried: a later attempt cannot fix them.
+In huggingface_hub 2.4, ``HfApi.repo_info``/``model_info`` make one plain GET; range reads
+(``HfFileSystem``), tree listings (``list_repo_tree``, which ``snapshot_download`` calls) and file
+downloads (``hf_hub_download``) go through the client's own backoff. Those are never wrapped here:
+that would multiply the attempts. Bad data, "not found", 4xx and unresolvable hosts are never
+retried: a later attempt cannot fix them.
 """
 
 from __future__ import annotations

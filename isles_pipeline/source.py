@@ -18,6 +18,7 @@ The same code reads the real Hub and a local Hub-compatible server: only the end
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
@@ -31,8 +32,8 @@ import pyarrow.parquet as pq
 from huggingface_hub import HfApi, HfFileSystem
 
 from . import nifti
-from .catalogue import DEFAULT_REPO_ID, IMAGE_COLUMNS, shard_path
-from .hub_client import bound_client_timeouts, check_resolvable, classify, hub_faults, hub_token_setting
+from .catalogue import DEFAULT_REPO_ID, IMAGE_COLUMNS, REPLICA_KEY, shard_path
+from .hub_client import bound_client_timeouts, check_resolvable, classify, hub_faults
 from .retry import call_with_retries
 
 MASK_COLUMN = "lesion_mask"
@@ -53,7 +54,8 @@ class CaseDataError(ValueError):
 
 @dataclass(frozen=True)
 class ShardSource:
-    """Where shards come from. The token is never part of it: ``HF_TOKEN`` is read by the client."""
+    """Where shards come from. The token is never part of it: the client finds it (``HF_TOKEN``,
+    else the stored ``hf auth login``)."""
 
     repo_id: str = DEFAULT_REPO_ID
     revision: str = "main"
@@ -96,6 +98,7 @@ class CaseShard:
     mask: np.ndarray
     nonfinite: dict[str, int] = field(default_factory=dict)  # volume column -> NaN/inf voxels
     transfer: Transfer = field(default_factory=Transfer)
+    replica: dict | None = None  # the footer's REPLICA_KEY: a synthetic shard and what made it; None otherwise
 
     @property
     def lesion_ml(self) -> float:
@@ -129,7 +132,7 @@ class ShardReader:
     def fs(self) -> HfFileSystem:
         if self._fs is None:
             bound_client_timeouts()
-            self._fs = HfFileSystem(endpoint=self.endpoint, token=hub_token_setting(), skip_instance_cache=True)
+            self._fs = HfFileSystem(endpoint=self.endpoint, skip_instance_cache=True)
         return self._fs
 
     def commit(self, case_id: str | None = None) -> str:
@@ -137,7 +140,7 @@ class ShardReader:
         if self._commit is None:
             check_resolvable(self.endpoint, case_id)
             bound_client_timeouts()
-            api, source = HfApi(endpoint=self.endpoint, token=hub_token_setting()), self.source
+            api, source = HfApi(endpoint=self.endpoint), self.source
             with hub_faults(self.endpoint, case_id, self.target):
                 info = call_with_retries(
                     lambda: api.repo_info(source.repo_id, repo_type="dataset", revision=source.revision),
@@ -172,10 +175,32 @@ class ShardReader:
                 table = _read_columns(case_id, _ShardFile(remote, transfer, max_read_bytes(), case_id), columns)
         transfer.seconds, transfer.retries = time.perf_counter() - started, retries.count
         files, names = _image_bytes(case_id, table, columns)
+        replica = replica_note(table.schema.metadata)
         del table
         pa.default_memory_pool().release_unused()  # pyarrow's pool keeps freed decode buffers otherwise
         grid, mask, nonfinite = _validate_images(case_id, files)
-        return CaseShard(identity, files, names, grid, mask, nonfinite, transfer)
+        return CaseShard(identity, files, names, grid, mask, nonfinite, transfer, replica)
+
+
+# What a replica's footer note may say, and of which type; anything else in it is dropped.
+REPLICA_FIELDS = {"synthetic": bool, "grid": str, "seed": int}
+
+
+def replica_note(metadata: dict[bytes, bytes] | None) -> dict | None:
+    """The shard's ``REPLICA_KEY`` footer note (allow-listed fields only), or None when it has none.
+    A note that is not a JSON object still marks the shard as synthetic."""
+    raw = (metadata or {}).get(REPLICA_KEY.encode())
+    if raw is None:
+        return None
+    try:
+        note = json.loads(raw)
+    except ValueError:
+        note = {}
+    note = note if isinstance(note, dict) else {}
+    kept = {k: v for k, v in note.items() if k in REPLICA_FIELDS and type(v) is REPLICA_FIELDS[k]}
+    if isinstance(kept.get("grid"), str):
+        kept["grid"] = kept["grid"][:40]
+    return {**kept, "synthetic": True}
 
 
 class _ShardFile:
@@ -353,14 +378,10 @@ def _image_bytes(case_id: str, table: pa.Table, columns: tuple[str, ...]) -> tup
 
 
 def _validate_images(case_id: str, files: dict[str, bytes]) -> tuple[nifti.Grid, np.ndarray, dict[str, int]]:
-    """Headers parse and pass their checks, all images share one 3-D grid, every volume's stream
-    is whole and within its declared size, and the mask is binary; return the grid, the mask and
-    each volume's count of non-finite voxels."""
+    """The data contract on the case's images (:func:`nifti.admit_images`), each refusal naming
+    the case; return the grid, the mask and each volume's count of non-finite voxels."""
     try:
-        headers = {name: nifti.read_header(data, name) for name, data in files.items()}
-        grid = nifti.check_same_grids({name: nifti.grid_of_header(h) for name, h in headers.items()})
-        nonfinite = {name: nifti.scan(files[name], headers[name], name) for name in files if name != MASK_COLUMN}
-        mask = nifti.mask_from_bytes(files[MASK_COLUMN], MASK_COLUMN) if MASK_COLUMN in files else np.zeros(grid.shape, bool)
+        admitted = nifti.admit_images(files, MASK_COLUMN)
     except nifti.NiftiError as exc:
         raise CaseDataError(case_id, str(exc)) from exc
-    return grid, mask, nonfinite
+    return admitted.grid, admitted.mask, admitted.nonfinite

@@ -62,7 +62,8 @@ def weights_digest(spec: ModelSpec, endpoint: str | None = None) -> str:
 def _local_files(segmenter: str, part: str) -> dict[str, Path] | None:
     """The files a local checkpoint spec loads by their names (in the folder of an nnU-Net
     model), or None when the spec names a Hub repo."""
-    from .segment.checkpoints import HUB_PREFIX, MODEL_FOLDER_PATTERNS, resolve_checkpoint_files, sidecar_path
+    from .segment.checkpoints import resolve_checkpoint_files, sidecar_path
+    from .segment.hub_models import HUB_PREFIX, MODEL_FOLDER_PATTERNS
 
     path = Path(part).expanduser()
     if part.startswith(HUB_PREFIX) or not (path.exists() or glob.has_magic(part)):
@@ -87,19 +88,12 @@ def _files_digest(files: Mapping[str, Path]) -> str:
 
 
 def _hub_commit(part: str, endpoint: str | None) -> str:
-    """``hub:<repo>@<commit>[:<patterns>]``: the commit the spec's revision resolves to now."""
-    from huggingface_hub import HfApi
-
-    from .hub_client import hub_token_setting
-    from .retry import call_with_retries
-    from .segment.checkpoints import CheckpointError, parse_hub_spec
+    """``hub:<repo>@<commit>[:<parts>]``: the commit the spec's revision resolves to now."""
+    from .segment.hub_models import CheckpointError, parse_hub_spec, repo_files
 
     hub = parse_hub_spec(part)
     if hub is None:
         raise CheckpointError(f"checkpoint {part!r}: no such file or folder, and not a Hub repo id (org/name)")
-    info = call_with_retries(
-        lambda: HfApi(endpoint=endpoint, token=hub_token_setting()).model_info(hub.repo_id, revision=hub.revision),
-        what=f"resolve {hub.repo_id}@{hub.revision or 'main'}",
-    )
+    commit, _ = repo_files(hub, endpoint)
     patterns = f":{','.join(hub.patterns)}" if hub.patterns else ""
-    return f"hub:{hub.repo_id}@{info.sha}{patterns}"
+    return f"hub:{hub.repo_id}@{commit}{patterns}"

@@ -3,13 +3,16 @@ replica served by the local Hub server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from isles_devkit.processes import become_subreaper, live_descendants
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID
 
 ISLES22_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "isles22"
@@ -24,9 +27,30 @@ def pytest_configure(config) -> None:
     huggingface_hub (it reads HF_HOME once, at import); the client's other defaults (telemetry
     and Xet included) stay as a user has them."""
     _SAVED_ENV.update(os.environ)
+    become_subreaper()
     for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "GITHUB_TOKEN", "ISLES_DATA_DIR", "ISLES_HF_REPO", "ISLES_HF_REVISION"):
         os.environ.pop(key, None)
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="isles-tests-hf-home-")
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """No test may leave a process behind: whatever still runs under this process now is named,
+    killed, and fails the session."""
+    leftovers = live_descendants(os.getpid())
+    if leftovers:
+        names = ", ".join(f"{pid} ({_command(pid)})" for pid in leftovers)
+        session.config.get_terminal_writer().line(f"\nprocesses left behind by the tests, killed: {names}", red=True)
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+    except OSError:
+        return "?"
 
 
 def pytest_unconfigure(config) -> None:

@@ -28,7 +28,8 @@ from isles_pipeline.hub import replica
 Row = dict[str, object]
 
 # NIfTI-1 header offsets (the standard's field layout)
-DIM, DATATYPE, BITPIX, PIXDIM, QFORM_CODE, SFORM_CODE, SROW_X, MAGIC = 40, 70, 72, 76, 252, 254, 280, 344
+DIM, DATATYPE, BITPIX, PIXDIM, VOX_OFFSET, SCL_SLOPE = 40, 70, 72, 76, 108, 112
+QFORM_CODE, SFORM_CODE, SROW_X, MAGIC = 252, 254, 280, 344
 
 
 def good_row(case_id: str) -> Row:
@@ -74,6 +75,22 @@ def volume_with(row: Row, column: str, change: Callable[[np.ndarray], np.ndarray
     header.set_data_dtype(np.float32)
     header.set_slope_inter(1, 0)
     return image_cell(row, column, nib.Nifti1Image(values, image.affine, header))
+
+
+def complex_cell(row: Row, column: str) -> dict:
+    """The volume as complex64 (real part the intensity, imaginary part half of it)."""
+    image = nifti.decode(row[column]["bytes"])
+    values = nifti.as_float32(image)
+    return image_cell(row, column, nib.Nifti1Image((values + 0.5j * values).astype(np.complex64), image.affine))
+
+
+def rgb_cell(row: Row, column: str) -> dict:
+    """The volume as RGB triplets (datatype 128), the intensity clipped to 0-255 in each channel."""
+    image = nifti.decode(row[column]["bytes"])
+    grey = np.clip(nifti.as_float32(image), 0, 255).astype(np.uint8)
+    rgb = np.zeros(grey.shape, dtype=[("R", "u1"), ("G", "u1"), ("B", "u1")])
+    rgb["R"], rgb["G"], rgb["B"] = grey, grey, grey
+    return image_cell(row, column, nib.Nifti1Image(rgb, image.affine))
 
 
 def nifti2_cell(row: Row, column: str) -> dict:
@@ -231,9 +248,20 @@ KINDS: tuple[Crafted, ...] = (
             rows=_replace("adc", lambda row: patched(row, "adc", PIXDIM + 4, "<f", 0.0))),
     Crafted("singular affine", "dwi: the affine is not invertible",
             rows=_replace("dwi", lambda row: patched(row, "dwi", SROW_X, "<4f", 0.0, 0.0, 0.0, 0.0))),
-    Crafted("unknown datatype", "adc: not a NIfTI image", rows=_replace("adc", lambda row: patched(row, "adc", DATATYPE, "<h", 1234))),
+    Crafted("unknown datatype", "adc: datatype 1234 \\(unknown\\) is not a real intensity type",
+            rows=_replace("adc", lambda row: patched(row, "adc", DATATYPE, "<h", 1234))),
     Crafted("bad magic", "dwi: not a NIfTI image \\(magic", rows=_replace("dwi", lambda row: patched(row, "dwi", MAGIC, "4s", b"xyz\0"))),
-    Crafted("4-D dwi", "dwi is 4-D", rows=_replace("dwi", lambda row: replica.four_d_cell(row["dwi"]))),
+    Crafted("4-D dwi", "dwi: shape \\(48, 48, 16, 2\\) is 4-D with 2 volumes", rows=_replace("dwi", lambda row: replica.four_d_cell(row["dwi"]))),
+    # the data contract (issue 16): what an image must be, beyond parsing
+    Crafted("vox_offset 0 in a single-file adc", "adc: vox_offset 0 lies inside the header",
+            rows=_replace("adc", lambda row: patched(row, "adc", VOX_OFFSET, "<f", 0.0))),
+    Crafted("complex64 dwi", "dwi: datatype 32 \\(complex64\\) is not a real intensity type",
+            rows=_replace("dwi", lambda row: complex_cell(row, "dwi"))),
+    Crafted("RGB dwi", "dwi: datatype 128 \\(RGB\\) is not a real intensity type", rows=_replace("dwi", lambda row: rgb_cell(row, "dwi"))),
+    Crafted("infinite scl_slope in dwi", "dwi: scl_slope inf is not finite",
+            rows=_replace("dwi", lambda row: patched(row, "dwi", SCL_SLOPE, "<f", float("inf")))),
+    Crafted("all-NaN dwi", "dwi: all 36,864 voxels are NaN or infinite",
+            rows=_replace("dwi", lambda row: volume_with(row, "dwi", lambda v: v * np.nan))),
     # grids
     Crafted("cropped adc", "adc shape \\(48, 48, 14\\) differs from dwi shape \\(48, 48, 16\\)",
             rows=_replace("adc", lambda row: replica.cropped_cell(row["adc"]))),

@@ -10,11 +10,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pyarrow.parquet as pq
 import pytest
 
-from isles_pipeline.catalogue import CASE_IDS, shard_path
+from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, shard_path
+from isles_pipeline.defs.cases import case_inputs
+from isles_pipeline.hub.server import HubServer
 from isles_pipeline.metrics import HEADLINE_KEYS, score_files
+from isles_pipeline_tests.chain import resources_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,7 +81,6 @@ def test_replica_build_writes_the_real_layout(tmp_path):
     ]
 
 
-@pytest.mark.timeout(300)
 def test_demo_runs_the_whole_chain_offline_and_prints_the_report(tmp_path):
     done = cli("demo", "--cases", "2", "--grid", "tiny", "--ctp-mb", "0.1", "--home", str(tmp_path / "isles"))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -88,21 +91,55 @@ def test_demo_runs_the_whole_chain_offline_and_prints_the_report(tmp_path):
     assert sorted(p.name for p in (report / "rules").iterdir()) == [
         "dice_per_case.png", "metrics.csv", "metrics.parquet", "summary.md", "volume_pred_vs_true.png"
     ]
-    assert "## Leaderboard: 1 models, 2 cases completed by every model" in done.stdout
+    assert "## Leaderboard: 1 models, ranked on the 2 cases every model has scored or failed" in done.stdout
     assert (tmp_path / "isles" / "data" / "cases" / "sub-stroke0002" / "models" / "rules" / "overlay.png").exists()
     assert (tmp_path / "isles" / "dagster_home" / "dagster.yaml").exists()
     # the runs are in the persistent instance that `dagster dev` will show
     assert any((tmp_path / "isles" / "dagster_home" / "storage").iterdir())
 
 
-def test_demo_reuses_its_replica_on_a_second_run(tmp_path):
-    args = ("demo", "--cases", "1", "--grid", "tiny", "--ctp-mb", "0.1", "--home", str(tmp_path / "isles"))
-    first, second = cli(*args), cli(*args)
-    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
-    assert "replica: building 1 synthetic cases" in first.stdout
-    assert "replica: reusing" in second.stdout
-    # the second run found the shard unchanged and its files intact: nothing was downloaded
+@pytest.mark.timeout(900)
+def test_a_demo_keeps_the_results_of_its_own_replica_names_them_and_starts_clean_on_another(tmp_path):
+    home = tmp_path / "isles"
+    args = ("demo", "--cases", "1", "--grid", "tiny", "--ctp-mb", "0.1", "--home", str(home))
+    first = cli(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"state: a new demo home, {home}" in first.stdout and "replica: building 1 synthetic cases" in first.stdout
+    assert "### Dice by model" not in first.stdout and "### Bland-Altman" not in first.stdout  # their images are files here
+    # a case outside the demo's, materialised by hand in its instance in between: not in the replica, so it fails
+    failed_by_hand = CASE_IDS[8]
+    with HubServer() as server, dg.DagsterInstance.from_config(str(home / "dagster_home")) as instance:
+        server.add_repo("dataset", DEFAULT_REPO_ID, home / "replica")
+        resources = resources_for(server.url, home / "data", home / "models.yaml")
+        assert not dg.materialize([case_inputs], instance=instance, resources=resources, partition_key=failed_by_hand,
+                                  raise_on_error=False).success
+
+    second = cli(*args)  # the same replica: its results are kept, and what the report counts beyond this run is named
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "replica: reusing" in second.stdout and "state: keeping the results of earlier runs on this replica" in second.stdout
+    # the case's shard was unchanged and its files intact: nothing was downloaded
     assert "fetched 0.0 MB in 0 requests" in second.stdout
+    assert (f"state: the report and the leaderboard also count 1 case(s) of earlier runs kept in {home}, not of this run: "
+            f"{failed_by_hand} (failed).") in second.stdout
+    assert f"- Expected cases: 2: {CASE_IDS[0]}, {failed_by_hand} (" in second.stdout and "- Failed: 1" in second.stdout
+
+    third = cli(*args[:2], "2", *args[3:])  # another replica (2 cases): the earlier results are removed first
+    assert third.returncode == 0, third.stdout + third.stderr
+    assert (f"state: the earlier runs in {home} were on another replica (1 cases, grid tiny, ctp 0.1 MB): removed data, "
+            "dagster_home, models.yaml, so this run (2 cases, grid tiny, ctp 0.1 MB) starts clean") in third.stdout
+    assert f"- Expected cases: 2: {CASE_IDS[0]}, {CASE_IDS[1]} (" in third.stdout and "- Scored: 2\n- Failed: 0\n" in third.stdout
+    assert "also count" not in third.stdout and "**Synthetic data.**" in third.stdout
+    assert "(synthetic replica, grid tiny): 2 scored" in third.stdout
+    assert "## Leaderboard: 1 models, ranked on the 2 cases every model has scored or failed" in third.stdout
+
+
+def test_a_demo_never_removes_results_it_did_not_make(tmp_path):
+    (tmp_path / "data" / "cases").mkdir(parents=True)
+    done = cli("demo", "--cases", "1", "--grid", "tiny", "--home", str(tmp_path))
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"isles-pipeline demo: error: {tmp_path} holds data but no demo replica ({tmp_path / 'replica' / 'replica.json'}): "
+        "not a demo's folder, so nothing is removed; pass another --home, or remove them yourself")
+    assert (tmp_path / "data" / "cases").is_dir() and not (tmp_path / "replica").exists()
 
 
 # --- options are checked before any work, and errors are one line ------------------------------
@@ -125,6 +162,23 @@ def test_a_mistyped_option_is_one_line_before_any_work(args, message, tmp_path):
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert message in line and line.endswith("--help)"), line
+
+
+def test_missing_input_files_are_named_together_in_one_line(isles22_dir, tmp_path):
+    pred, gt = tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz"
+    done = cli("score", "--pred", str(pred), "--gt", str(gt))
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"isles-pipeline score: error: no such file: --pred {pred}; --gt {gt} "
+                                        "(give the path of an existing .nii or .nii.gz file for each)"]
+    done = cli("score", "--pred", str(isles22_file(isles22_dir, "msk")), "--gt", str(gt))
+    assert done.stderr.splitlines() == [f"isles-pipeline score: error: no such file: --gt {gt} "
+                                        "(give the path of an existing .nii or .nii.gz file for it)"]
+    done = cli("segment", "--dwi", str(isles22_file(isles22_dir, "dwi")), "--adc", str(tmp_path / "adc.nii"),
+               "--image", f"tmax={tmp_path / 'tmax.nii'}", "--out", str(pred))
+    assert done.returncode == 2 and done.stderr.splitlines() == [
+        f"isles-pipeline segment: error: no such file: --adc {tmp_path / 'adc.nii'}; --image tmax {tmp_path / 'tmax.nii'} "
+        "(give the path of an existing .nii or .nii.gz file for each)"]
+    assert not pred.exists()
 
 
 def test_an_unknown_case_id_gets_the_nearest_valid_ids(tmp_path):

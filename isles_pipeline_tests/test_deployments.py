@@ -10,6 +10,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from isles_devkit.dagster_dev import free_port
+from isles_devkit.postgres import fresh_database
 from isles_pipeline.catalogue import CASE_IDS
 from isles_pipeline.definitions import build_defs
 from isles_pipeline.defs.cases import case_inputs
@@ -17,13 +19,13 @@ from isles_pipeline.defs.jobs import MODEL_CHAIN
 from isles_pipeline.defs.partitions import case_model_key
 from isles_pipeline.defs.report import metrics_report
 from isles_pipeline.deployment import instance_config
-from isles_pipeline.settings import SettingsError, read_settings
+from isles_pipeline.settings import SettingsError, postgres_configured, read_settings
 from isles_pipeline_tests.chain import register_models, resources_for
 
-from .dagster_dev import free_port
-from .postgres import fresh_database, needs_postgres
-
 CASE = CASE_IDS[0]
+needs_postgres = pytest.mark.skipif(
+    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash scripts/postgres.sh)\")"
+)
 
 
 def test_the_switch_selects_the_executor(monkeypatch):

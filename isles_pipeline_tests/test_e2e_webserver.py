@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 
-from isles_pipeline.catalogue import CASE_IDS
-
-from .dagster_dev import (
+from isles_devkit.dagster_dev import (
     MODEL_ASSETS,
     AssetPartitions,
     dagster_dev_stack,
@@ -26,6 +24,7 @@ from .dagster_dev import (
     live_processes_with_env,
     model_keys,
 )
+from isles_pipeline.catalogue import CASE_IDS
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -55,7 +55,6 @@ def reads_of(server: HubServer, case_id: str) -> int:
     return sum(1 for r in server.stats.log if r.route_kind == "resolve" and r.path.endswith(shard_path(case_id)) and r.status < 400)
 
 
-@pytest.mark.timeout(240)
 def test_a_batch_retries_its_transient_case_and_not_its_bad_one(mixed_hub, tmp_path, instance, monkeypatch):
     monkeypatch.setenv("ISLES_RETRY_WAIT_S", "0.2")  # the user's knob for the wait before a step retry
     tags = {RANGE_START_TAG: GOOD, RANGE_END_TAG: FLAKY}
@@ -79,7 +78,6 @@ def test_a_batch_retries_its_transient_case_and_not_its_bad_one(mixed_hub, tmp_p
     assert any(f"case {FLAKY}: HTTP 503 from the Hub" in (r.user_message or "") for r in instance.all_logs(result.run_id))
 
 
-@pytest.mark.timeout(120)
 def test_bad_data_in_one_case_runs_is_not_retried(mixed_hub, tmp_path, instance):
     result = dg.materialize([case_inputs], partition_key=BAD, instance=instance,
                             resources=resources_for(mixed_hub.url, tmp_path / "data"), raise_on_error=False)
@@ -87,7 +85,6 @@ def test_bad_data_in_one_case_runs_is_not_retried(mixed_hub, tmp_path, instance)
     assert f"case {BAD}: adc shape (48, 48, 14)" in step_failure(result).error.message
 
 
-@pytest.mark.timeout(120)
 def test_missing_inputs_an_unknown_host_and_an_unwritable_store_fail_at_once(hub, tmp_path, instance):
     register_models(instance, ["rules"])
     missing = dg.materialize([case_prediction], partition_key=case_model_key(GOOD, "rules"), instance=instance,

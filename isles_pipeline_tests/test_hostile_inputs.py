@@ -20,13 +20,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from isles_devkit.processes import Finished, run_measured, user_env
 from isles_pipeline.catalogue import CASE_IDS, DEFAULT_REPO_ID, IMAGE_COLUMNS, shard_path
 from isles_pipeline.hub.server import HubServer
 from isles_pipeline.store import TMP_MARK
 
 from .conftest import assert_only_known_routes
 from .hostile import KINDS, NONFINITE_DWI, write_kind
-from .processes import Finished, run_measured, user_env
 
 MEMORY_BUDGET_MB = 1536
 CLIENT_RETRIES = 5  # huggingface_hub's own, for range reads and tree listings

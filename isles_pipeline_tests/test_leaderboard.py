@@ -67,3 +67,65 @@ def test_a_model_with_no_scored_case_is_listed_last_with_its_failures():
     board = build_leaderboard(RECORDS[:4], ["a", "z"], {"z": {"c1": "case_inputs: bad"}})
     assert list(board.table.index) == ["a", "z"] and board.table.loc["z", "n"] == 0
     assert "**z**: 1 case(s): `c1` (case_inputs: bad)" in to_markdown(board)
+
+
+# --- which cases count: done (scored or failed) by every model; not run is coverage --------------
+
+CASES = [f"c{i}" for i in range(1, 9)]
+
+
+def test_a_model_not_yet_run_on_some_cases_is_ranked_on_the_cases_both_ran_and_the_better_one_wins():
+    # "old" ran all 8 cases; "new" ran only the first 4, and is better on each of them
+    records = [record(c, "old", 0.6, avd=2.0) for c in CASES] + [record(c, "new", 0.8, avd=0.5) for c in CASES[:4]]
+    board = build_leaderboard(records, ["old", "new"], {}, expected=CASES)
+    assert board.ranked_cases == CASES[:4] and board.complete_cases == CASES[:4] and board.expected_cases == CASES
+    assert list(board.table.index) == ["new", "old"] and board.best == "new"
+    new, old = board.table.loc["new"], board.table.loc["old"]
+    assert new.mean_rank == pytest.approx(1.3) and old.mean_rank == pytest.approx(1.7)  # 3 of 5 metrics tie at 1.5
+    # the statistics are over the ranked cases; the 4 cases "new" has not run are coverage, not losses
+    assert (new.n, new.scored, new.failed, new.not_run, new.expected) == (4, 4, 0, 4, 8)
+    assert (old.n, old.scored, old.failed, old.not_run, old.expected) == (4, 8, 0, 0, 8)
+    assert old.dice_mean == pytest.approx(0.6)
+    row = {r["model"]: r for r in display_rows(board)}
+    assert (row["new"]["scored / expected"], row["new"]["not run"], row["old"]["scored / expected"]) == ("4 / 8", 4, "8 / 8")
+    text = to_markdown(board)
+    assert text.startswith("## Leaderboard: 2 models, ranked on the 4 cases every model has scored or failed (c1, c2, c3, c4), of 8 expected")
+    paired = board.paired.set_index("metric").loc["dice"]
+    assert (paired.model, paired.against, paired.n, paired.median_diff) == ("old", "new", 4, pytest.approx(-0.2))
+
+
+def test_a_case_a_model_failed_counts_against_it():
+    # "flaky" is a little better on c1 and failed c2 and c3; "steady" scored all three
+    records = [record(c, "steady", 0.7) for c in CASES[:3]] + [record("c1", "flaky", 0.75)]
+    failed = {"flaky": {"c2": "case_prediction: out of memory", "c3": "case_prediction: out of memory"}}
+    board = build_leaderboard(records, ["flaky", "steady"], failed)
+    assert board.ranked_cases == ["c1", "c2", "c3"] and board.complete_cases == ["c1"]
+    assert board.best == "steady"
+    # Dice ranks: c1 flaky 1, steady 2; c2, c3 flaky failed -> last
+    assert board.table.loc["flaky", "rank_dice"] == pytest.approx((1 + 2 + 2) / 3)
+    assert (board.table.loc["flaky", "failed"], board.table.loc["flaky", "not_run"]) == (2, 0)
+    # had flaky not run c2 and c3 (no failure), they would be coverage, and it would win on c1
+    assert build_leaderboard(records, ["flaky", "steady"], {}).best == "flaky"
+
+
+def test_a_model_that_has_done_no_case_is_listed_unranked_and_does_not_empty_the_ranking():
+    board = build_leaderboard(RECORDS, ["a", "b", "fresh"], {"b": {"c4": "boom"}})
+    assert board.ranked_cases == ["c1", "c2", "c3", "c4"] and board.ranked_models == ["a", "b"]
+    assert list(board.table.index) == ["a", "b", "fresh"] and pd.isna(board.table.loc["fresh", "mean_rank"])
+    assert (board.table.loc["fresh", "scored"], board.table.loc["fresh", "not_run"]) == (0, 4)
+    assert "Not ranked yet (no case scored or failed): `fresh`." in to_markdown(board)
+    assert set(board.paired.model) == {"b"}
+
+
+def test_a_case_scored_after_an_earlier_failure_is_scored():
+    board = build_leaderboard(RECORDS, ["a", "b"], {"a": {"c1": "an old failure"}})
+    assert board.failures["a"] == {} and board.table.loc["a", "failed"] == 0
+
+
+def test_the_leaderboard_says_when_its_data_are_synthetic_and_which_revision():
+    synthetic = {"data_repo": "org/isles", "data_revision": "0123456789abcdef", "data_synthetic": True, "data_grid": "tiny"}
+    board = build_leaderboard([{**r, **synthetic} for r in RECORDS], ["a", "b"])
+    text = to_markdown(board)
+    assert "**Synthetic data.**" in text
+    assert "- `org/isles` @ `0123456789ab` (synthetic replica, grid tiny): 6 (case, model) results" in text  # 3 ranked cases x 2 models
+    assert "Synthetic" not in to_markdown(build_leaderboard(RECORDS, ["a", "b"]))

@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from isles_devkit.reference_metrics import reference_scores
 from isles_pipeline import metrics, nifti
 from isles_pipeline.metrics import HEADLINE_KEYS, score_files, score_images, score_masks
-from isles_pipeline_tests.reference_metrics import reference_scores
 
 # 10 mm isotropic voxels: 1 voxel = 1 ml. np.linalg.det goes through a log, so the voxel volume
 # is 1 ml to within rounding; volumes below are written as voxel counts times ML.

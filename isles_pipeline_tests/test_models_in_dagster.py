@@ -20,7 +20,7 @@ from isles_pipeline.defs.leaderboard import leaderboard
 from isles_pipeline.defs.partitions import case_model_key, range_tags
 from isles_pipeline.defs.report import metrics_report
 from isles_pipeline.defs.segmentation import case_prediction
-from isles_pipeline.leaderboard import RANKED_METRICS
+from isles_pipeline.leaderboard import RANKED_METRICS, build_leaderboard
 from isles_pipeline.models import ModelSpec, write_registry
 from isles_pipeline.settings import Settings
 from isles_pipeline.weights import fingerprint
@@ -101,7 +101,7 @@ def test_two_models_fetch_once_and_the_leaderboard_means_are_the_case_metrics_me
     assert sorted(table.index) == sorted([RULES.name, LOOSE.name]) and meta["complete_cases"] == 3
     # each row names what it was computed from: the dataset revision and the model's fingerprint
     revision = json.loads((data / "cases" / CASES[0] / "source.json").read_text())["revision"]
-    assert set(table.dataset_revisions) == {revision} and len(revision) == 40
+    assert set(table.data_revisions) == {revision} and len(revision) == 40
     assert {m.name: table.loc[m.name, "fingerprints"] for m in (RULES, LOOSE)} == {m.name: fingerprint(m).value for m in (RULES, LOOSE)}
     for model in (RULES, LOOSE):
         records = [json.loads((data / "cases" / c / "models" / model.slug / "metrics.json").read_text()) for c in CASES]
@@ -162,3 +162,36 @@ def test_each_rule_option_of_the_registry_is_what_case_prediction_records(two_mo
     assert set(defaults) == set(RULE_OPTIONS) and recorded(RULES)["options"] == {}
     for model, (name, value) in zip(models, RULE_OPTIONS.items(), strict=True):
         assert recorded(model)["options"] == {name: value} and recorded(model)["ran_with"] == {**defaults, name: value}, name
+
+
+def test_a_model_run_on_fewer_cases_is_ranked_on_the_cases_both_ran_and_the_better_one_wins(hub, tmp_path):
+    """Issue 14's scenario on the assets: `rules` (the better model on this replica) has run one case,
+    `rules:loose` all three; the leaderboard ranks them on the one case both ran, `rules` wins, and
+    its two cases not run yet are coverage beside the rank, not losses."""
+    registry = write_registry(tmp_path / "models.yaml", [RULES, LOOSE])
+    resources = resources_for(hub.url, tmp_path / "data", registry)
+    with dg.instance_for_test() as instance:
+        assert dg.materialize([case_inputs], instance=instance, resources=resources, tags=range_tags(CASES)).success
+        register_models(instance, [RULES.name, LOOSE.name])
+        assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, tags=range_tags(CASES, LOOSE.name)).success
+        assert dg.materialize(MODEL_CHAIN, instance=instance, resources=resources, partition_key=case_model_key(CASES[0], RULES.name)).success
+        meta = metadata_of(dg.materialize([leaderboard], instance=instance, resources=resources), "leaderboard")
+        report = metadata_of(dg.materialize([metrics_report], instance=instance, resources=resources), "metrics_report")
+    table = pd.read_parquet(tmp_path / "data" / "leaderboard" / "leaderboard.parquet").set_index("model")
+    assert (meta["best_model"], meta["ranked_cases"], meta["expected_cases"]) == (RULES.name, 1, 3)
+    assert table.loc[RULES.name, ["position", "n", "scored", "failed", "not_run", "expected"]].tolist() == [1, 1, 1, 0, 2, 3]
+    assert table.loc[LOOSE.name, ["position", "n", "scored", "failed", "not_run", "expected"]].tolist() == [2, 1, 3, 0, 0, 3]
+    cases = pd.read_parquet(tmp_path / "data" / "leaderboard" / "cases.parquet")
+    # the test means something: counted as failures, the two cases not run would have crowned rules:loose
+    as_failures = {RULES.name: {c: "not run" for c in CASES[1:]}}
+    assert build_leaderboard(cases.to_dict("records"), [RULES.name, LOOSE.name], as_failures).best == LOOSE.name
+    summary = meta["summary"]
+    assert summary.startswith(f"## Leaderboard: 2 models, ranked on the 1 case every model has scored or failed ({CASES[0]}), of 3 expected")
+    assert f"| 1 | {RULES.name} | " in summary and "| 1 / 3 | 0 | 2 | 1 |" in summary
+    # the data are the replica's, and the report and the leaderboard say so
+    assert set(cases.data_synthetic) == {True} and set(cases.data_grid) == {"tiny"} and cases.data_revision.nunique() == 1
+    for text in (summary, report["summary"]):
+        assert "**Synthetic data.**" in text and "(synthetic replica, grid tiny)" in text
+    assert (f"- Expected cases: 3: {CASES[0]} to {CASES[-1]} (every case with a run of case_inputs, or of this model's chain, "
+            "in this Dagster instance)\n- Scored: 1\n- Failed: 0\n- Missing (neither scored nor failed): 2") in report["summary"]
+    assert f"- Models: `{RULES.name}`, `{LOOSE.name}` (registry: {registry})" in report["summary"]

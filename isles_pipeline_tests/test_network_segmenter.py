@@ -13,20 +13,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from huggingface_hub.errors import HfHubHTTPError
 from monai.networks.nets import SegResNet
 
 from isles_pipeline.segment.base import Segmenter
 from isles_pipeline.segment.checkpoints import (
     CheckpointError,
     load_checkpoint,
-    parse_hub_spec,
     resolve_checkpoint_files,
     state_dict_checkpoint_bytes,
     torchscript_bytes,
 )
+from isles_pipeline.segment.hub_models import parse_hub_spec
 from isles_pipeline.segment.network import NVAUTO, InferenceSettings, NetworkSegmenter, network_input
 from isles_pipeline.segment.registry import make_segmenter
 from isles_pipeline.segment.rules import RuleParams, RuleSegmenter
+
+from .conftest import assert_only_known_routes
 
 CPU = torch.device("cpu")
 
@@ -305,10 +308,43 @@ def test_checkpoints_download_from_a_local_hub_model_repo(tmp_path: Path, monkey
         all_files = resolve_checkpoint_files("lab/oracle", endpoint=server.url)
         one = NetworkSegmenter("hf://lab/oracle:fold0.ts", device="cpu", endpoint=server.url)
         mask = one.segment(dwi, adc, affine)
+        with pytest.raises(CheckpointError, match="'lab/oracle' has no file fold7.ts"):
+            resolve_checkpoint_files("lab/oracle:fold7.ts", endpoint=server.url)
+    assert_only_known_routes(server)
 
     assert sorted(p.name for p in all_files) == ["fold0.ts", "fold1.ts"]
     assert [Path(m.source).name for m in one.load()] == ["fold0.ts"]
     assert np.array_equal(mask, oracle_mask(dwi, adc, OracleNet()))
+    downloaded = [r.path.rsplit("/", 1)[-1] for r in server.stats.log if r.route_kind == "resolve" and r.method == "GET"]
+    assert sorted(downloaded) == ["fold0.ts", "fold1.ts"]  # README.md stays on the server; fold0.ts came from the cache
+    assert server.stats.requests_by_route["repo_info"] == 3  # one per spec: revision resolved to a commit
+
+
+@pytest.mark.timeout(120)
+def test_a_model_download_retries_each_hub_call_in_one_layer(tmp_path: Path) -> None:
+    """A 503 burst on every route a model download calls is ridden out; a 503 that lasts ends after
+    the attempts of one layer (repo info: the pipeline's 4; the others: the client's), never their product."""
+    from isles_pipeline.hub.server import HubServer
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_script(OracleNet(), repo / "fold0.ts")
+    with HubServer("127.0.0.1", faults=True) as server:
+        server.add_repo("model", "lab/flaky", repo)
+        for route in ("repo_info", "tree", "resolve"):
+            server.faults.add(route, "status", times=2, status=503)
+        (path,) = resolve_checkpoint_files("lab/flaky", endpoint=server.url)
+        assert path.read_bytes() == (repo / "fold0.ts").read_bytes()
+        statuses = {route: [r.status for r in server.stats.log if r.route_kind == route] for route in ("repo_info", "tree", "resolve")}
+        assert {route: s.count(503) for route, s in statuses.items()} == {"repo_info": 2, "tree": 2, "resolve": 2}
+        assert all(s[-1] == 200 for s in statuses.values())
+
+        server.reset_stats()
+        server.faults.add("repo_info", "status", times=50, status=503)
+        with pytest.raises(HfHubHTTPError, match="503"):
+            resolve_checkpoint_files("lab/flaky@v2", endpoint=server.url)
+        assert server.stats.requests_by_route["repo_info"] == 4
+    assert_only_known_routes(server)
 
 
 def write_sidecar(checkpoint: Path, **settings: object) -> Path:
@@ -397,6 +433,7 @@ def test_hub_specs_download_the_sidecar_with_the_checkpoint(tmp_path: Path, monk
         by_wildcard = NetworkSegmenter("lab/net:*.ts", device="cpu", endpoint=server.url)  # no hf:// needed with patterns
         by_name = NetworkSegmenter("hf://lab/net:model.ts", device="cpu", endpoint=server.url)
         models = by_wildcard.load() + by_name.load()
+    assert_only_known_routes(server)
 
     assert [Path(m.source).name for m in models] == ["model.ts", "model.ts"]
     assert all(Path(m.source).with_suffix(".json").is_file() for m in models)

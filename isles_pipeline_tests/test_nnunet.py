@@ -20,12 +20,13 @@ pytest.importorskip("nnunetv2")
 
 import torch  # noqa: E402
 
+from isles_devkit.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
 from isles_pipeline import nifti  # noqa: E402
 from isles_pipeline.predict import predict_image_files, predict_images  # noqa: E402
 from isles_pipeline.segment.channels import input_columns_for  # noqa: E402
+from isles_pipeline.segment.hub_models import CheckpointError  # noqa: E402
 from isles_pipeline.segment.registry import make_segmenter  # noqa: E402
 from isles_pipeline_tests.chain import register_models, resources_for  # noqa: E402
-from isles_pipeline_tests.nnunet_models import build_model_folder, set_lesion_bias  # noqa: E402
 from isles_pipeline_tests.test_cli import cli  # noqa: E402
 
 FOLDS = (0, 1)
@@ -308,12 +309,13 @@ def test_a_cuda_out_of_memory_reruns_on_the_cpu_and_is_recorded(mri_model):
 
 
 def test_a_model_folder_from_a_hub_model_repo(mri_model, tmp_path, monkeypatch):
-    """The folder as a subfolder of a Hub model repo (the project's Hub server), through the same
-    download client as the network segmenter's checkpoints; the mask equals the local folder's."""
+    """The folder as a subfolder of a Hub model repo (the project's Hub server), downloaded by
+    ``snapshot_download`` as the network segmenter's checkpoints are; the channel names come from
+    ``dataset.json`` alone, and the mask equals the local folder's."""
     from isles_pipeline.hub.server import HubServer
 
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
+    from .conftest import assert_only_known_routes
+
     model, case = mri_model
     images = {column: nifti.decode(path.read_bytes(), str(path)) for column, path in case.items()}
     with HubServer("127.0.0.1") as server:
@@ -321,8 +323,13 @@ def test_a_model_folder_from_a_hub_model_repo(mri_model, tmp_path, monkeypatch):
         spec = f"lab/tiny-nnunet:{model.name}"
         monkeypatch.setenv("HF_ENDPOINT", server.url)  # input_columns_for reads the endpoint as the pipeline does
         assert input_columns_for("nnunet", spec) == ("dwi", "adc")
+        fetched = [r.path.rsplit("/", 1)[-1] for r in server.stats.log if r.route_kind == "resolve" and r.method == "GET"]
+        assert fetched == ["dataset.json"]  # not plans.json, not the weights
         segmenter = make_segmenter("nnunet", device="cpu", checkpoint=spec, endpoint=server.url)
         from_hub = predict_images(segmenter, images)
+        with pytest.raises(CheckpointError, match=r"has no nope/dataset.json \(nor nope/plans.pkl\): not an nnU-Net model folder"):
+            input_columns_for("nnunet", "lab/tiny-nnunet:nope")
+    assert_only_known_routes(server)
     local = predict_images(make_segmenter("nnunet", device="cpu", checkpoint=str(model)), images)
     assert segmenter.folder is not None and segmenter.folder != model and segmenter.folder.name == model.name
     assert sorted(p.parent.name for p in segmenter.folder.glob("fold_*/checkpoint_final.pth")) == ["fold_0", "fold_1"]

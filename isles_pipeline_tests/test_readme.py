@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from isles_devkit.dagster_dev import GraphQLClient, free_port, stop_process_group, wait_for_server
 from isles_pipeline.store import sha256_hex
-
-from .dagster_dev import GraphQLClient, free_port, stop_process_group, wait_for_server
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 README = REPO_ROOT / "README.md"
@@ -98,6 +97,36 @@ def test_the_plain_shell_fetch_block_writes_the_shards_files(user_folder: Path) 
     demo_dir = user_folder / ".isles" / "data" / "cases" / CASE
     for record in summary["files"].values():
         assert (case_dir / record["name"]).read_bytes() == (demo_dir / record["name"]).read_bytes()
+
+
+def readme_folders() -> set[str]:
+    """The folders in the clone that the README's blocks write to (outputs, data dirs, DAGSTER_HOMEs)."""
+    found = set()
+    for block in bash_blocks(README.read_text()):
+        found |= set(re.findall(r"--out (\w[\w./-]*)", block))
+        found |= set(re.findall(r"(?:ISLES_DATA_DIR|DAGSTER_HOME)=\$PWD/([\w./-]+)", block))
+        found |= set(re.findall(r"mkdir -p ([\w./-]+)", block))
+    return found
+
+
+def test_what_the_readme_writes_into_the_clone_is_ignored_by_git() -> None:
+    if shutil.which("git") is None or subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    folders = readme_folders() | {".isles"}  # the demo's default --home
+    assert {"data", "dagster_home", ".isles/data", ".isles/dagster_home"} <= folders
+    for folder in sorted(folders):
+        ignored = subprocess.run(["git", "-C", str(REPO_ROOT), "check-ignore", "-q", f"{folder}/cases/x.nii.gz"])
+        assert ignored.returncode == 0, f"{folder}/ is written by a README block but git does not ignore it"
+
+
+def test_the_demo_prints_the_readmes_ui_block(user_folder: Path) -> None:
+    """The lines the demo prints for the UI are the README's block, with the user's paths."""
+    log = (user_folder / "demo.log").read_text()
+    printed = log[log.index("Browse the runs"):].splitlines()[1:3]
+    where = str(user_folder.resolve()) + "/"
+    printed = [" ".join(line.replace(where, "").split()) for line in printed]
+    readme = block_with("hub serve", "dagster dev").replace("\\\n", " ").replace("$PWD/", "")
+    assert printed == [" ".join(line.split()) for line in readme.strip().splitlines()]
 
 
 def test_a_case_materialises_in_dagster_dev_started_the_readmes_way(user_folder: Path) -> None:

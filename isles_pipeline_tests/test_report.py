@@ -93,13 +93,32 @@ def test_missing_failed_and_unexpected_cases_are_listed():
 
 def test_markdown_lists_counts_worst_failed_and_missing(report: Report):
     text = report.to_markdown()
-    assert "- Expected cases: 7\n- Scored: 4\n- Failed: 2\n- Missing (neither scored nor failed): 1" in text
+    assert ("- Expected cases: 7: case-a, case-b, case-c, case-d, case-e, case-f, case-g\n- Scored: 4\n- Failed: 2\n"
+            "- Missing (neither scored nor failed): 1") in text
     assert "## Missing cases (1)\n\n- `case-e`" in text
     assert "- `case-f`: CUDA out of memory \\| retry with a smaller batch" in text
     assert "- `case-g`: NiftiError: not a NIfTI image" in text
     assert "| dice | 4 | 0.625 | 0.323 | 0.625 | 0.438 | 0.812 | 0.375 | 0.250 | 1.000 |" in text
     worst = text.split("## Worst 4 cases by Dice\n\n")[1]
     assert [line.split(" | ")[0] for line in worst.splitlines()[2:6]] == ["| case-c", "| case-b", "| case-a", "| case-d"]
+
+
+def test_the_counts_say_which_cases_were_expected_and_which_data_were_scored():
+    tiny = {"data_repo": "org/isles", "data_revision": "aaaaaaaaaaaaaaaa", "data_synthetic": True, "data_grid": "tiny"}
+    demo = {**tiny, "data_revision": "bbbbbbbbbbbbbbbb", "data_grid": "demo"}
+    records = [record("sub-stroke0001", 0.5, 1.0, 1.0, **tiny), record("sub-stroke0002", 0.5, 1.0, 1.0, **tiny),
+               record("sub-stroke0003", 0.5, 1.0, 1.0, **demo)]
+    expected = ["sub-stroke0001", "sub-stroke0002", "sub-stroke0003", "sub-stroke0004", "sub-stroke0009"]
+    text = build_report(records, expected, {"sub-stroke0009": "case_inputs: no shard"}, expected_from="cases run in this instance").to_markdown()
+    assert "- Expected cases: 5: sub-stroke0001 to sub-stroke0004, sub-stroke0009 (cases run in this instance)\n" in text
+    assert "**Synthetic data.**" in text
+    assert ("- Data: **2 different sources** (the scores do not all come from the same data):\n"
+            "  - `org/isles` @ `aaaaaaaaaaaa` (synthetic replica, grid tiny): 2 scored\n"
+            "  - `org/isles` @ `bbbbbbbbbbbb` (synthetic replica, grid demo): 1 scored") in text
+    one = build_report(records[:2], expected[:2], {}).to_markdown()
+    assert "- Data: `org/isles` @ `aaaaaaaaaaaa` (synthetic replica, grid tiny): 2 scored" in one
+    real = {**tiny, "data_synthetic": False, "data_grid": None}
+    assert "Synthetic" not in build_report([record("sub-stroke0001", 0.5, 1.0, 1.0, **real)], expected[:1], {}).to_markdown()
 
 
 def test_markdown_table_formats_and_aligns():

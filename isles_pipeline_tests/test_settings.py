@@ -150,7 +150,7 @@ def test_the_model_and_data_settings_are_what_case_prediction_records(hub, repli
 
     recorded = run(loose.name)
     assert (recorded["model"], recorded["options"], recorded["ran_with"]["dwi_factor"]) == ("rules:loose", {"dwi_factor": 1.15}, 1.15)
-    assert recorded["dataset"] == {"repo_id": "lab/isles-mirror", "revision": commit, "shard_oid": recorded["dataset"]["shard_oid"]}
+    assert (recorded["data_repo"], recorded["data_revision"]) == ("lab/isles-mirror", commit)
     assert recorded["requested_device"] == "cpu" and recorded["fingerprint"] == fingerprint(loose).value
 
     monkeypatch.delenv("ISLES_MODELS")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -46,6 +46,7 @@ TOKEN = "ghp_TESTtokenThatMustNeverLeak0123456789"
 PYARROW = pa.__version__
 BROKEN = {"hang", "abort"}  # the issue's symptoms (upstream.md saw both on pyarrow 26.0.1)
 PROBE_TIMEOUT_S = 4.0  # clean exits and aborts take < 1 s here; a hang costs this much
+HANG_S = 60  # how long the fake GitHub hangs: a timeout must end a request well before
 
 
 @pytest.fixture(autouse=True)
@@ -140,12 +141,14 @@ def test_403_with_exhausted_rate_limit_says_until_when(github: FakeGitHub) -> No
 def test_429_with_retry_after(github: FakeGitHub) -> None:
     github.enqueue(Reply.too_many_requests_429(retry_after_s=120))
 
+    before = datetime.now(timezone.utc)
     outcome = watcher(github).fetch(ARROW)
+    after = datetime.now(timezone.utc)
 
     assert isinstance(outcome, FetchFailure) and outcome.kind == "rate_limited"
     assert outcome.status == 429
-    wait = (outcome.retry_at - datetime.now(timezone.utc)).total_seconds()
-    assert 110 < wait <= 120
+    # 120 s after the answer came, whenever that was
+    assert before + timedelta(seconds=120) <= outcome.retry_at <= after + timedelta(seconds=120)
 
 
 def test_plain_403_is_not_a_rate_limit(github: FakeGitHub) -> None:
@@ -167,12 +170,12 @@ def test_500_is_a_server_error(github: FakeGitHub) -> None:
 
 
 def test_hanging_server_times_out_within_the_bound(github: FakeGitHub) -> None:
-    github.enqueue(Reply.hang(30))
+    github.enqueue(Reply.hang(HANG_S))
 
     started = time.monotonic()
     outcome = watcher(github, timeout_s=0.5).fetch(ARROW)
 
-    assert time.monotonic() - started < 1.5
+    assert 0.5 <= time.monotonic() - started < HANG_S  # the timeout ended it, not the server
     assert isinstance(outcome, FetchFailure) and outcome.kind == "timeout"
 
 
@@ -328,14 +331,15 @@ def test_unreadable_cursor_counts_as_a_first_tick(github: FakeGitHub) -> None:
         (Reply.server_error(503), "(server_error): GitHub answered 503"),
         (Reply.garbage(), "(malformed_json): body is not JSON"),
         (Reply.json_body({"message": "hi"}), "(unexpected_shape): 'state' is None"),
-        (Reply.hang(30), "(timeout): no answer from"),
+        (Reply.hang(HANG_S), "(timeout): no answer from"),
     ],
     ids=["403-rate-limit", "429", "500", "503", "garbage", "wrong-shape", "hang"],
 )
 def test_sensor_skips_with_the_cause_and_keeps_the_cursor(
     github: FakeGitHub, reply: Reply, cause: str
 ) -> None:
-    resource = GitHubIssueResource(api_url=github.url, timeout_s=0.5)
+    # A timeout that only the hanging reply reaches, however busy the machine.
+    resource = GitHubIssueResource(api_url=github.url, timeout_s=5)
     cursor = tick(None, resource).cursor
     github.set_issue(state="closed", closed_at="2026-03-01T10:00:00Z")  # a change it cannot see
     github.enqueue(reply)
@@ -343,7 +347,7 @@ def test_sensor_skips_with_the_cause_and_keeps_the_cursor(
     started = time.monotonic()
     result = tick(cursor, resource)
 
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < HANG_S  # a tick never waits out a hanging GitHub
     assert result.run_requests == []
     assert result.skip_message.startswith("apache/arrow#45214: GitHub check failed ")
     assert cause in result.skip_message
@@ -403,10 +407,9 @@ def test_probe_file_has_the_reproduction_shape(tmp_path: Path) -> None:
     ],
 )
 def test_child_runner_classifies_how_a_child_ends(code: str, outcome: str) -> None:
-    result = run_snippet(code, [], timeout_s=20)
+    result = run_snippet(code, [], timeout_s=120)
 
     assert result.outcome == outcome
-    assert result.seconds < 10
 
 
 def test_child_runner_kills_a_hung_process_group(tmp_path: Path) -> None:
@@ -418,7 +421,7 @@ def test_child_runner_kills_a_hung_process_group(tmp_path: Path) -> None:
 
     result = run_snippet(hang, [], timeout_s=1.5)
 
-    assert result.outcome == "hang" and 1.5 <= result.seconds < 5
+    assert result.outcome == "hang" and 1.5 <= result.seconds < 60  # killed, not waited out
     assert _gone(int(pid_file.read_text()))  # the whole group went, not only the child
 
 
@@ -426,7 +429,7 @@ def test_child_does_not_inherit_the_github_token(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("GITHUB_TOKEN", TOKEN)
 
     result = run_snippet("import os, sys; sys.exit(7 if 'GITHUB_TOKEN' in os.environ else 0)",
-                         [], timeout_s=20)
+                         [], timeout_s=120)
 
     assert result.outcome == "clean"
 
@@ -443,7 +446,6 @@ def assert_outcome_matches_the_child(result: ProbeResult) -> None:
         assert result.returncode == 0 and result.seconds < PROBE_TIMEOUT_S, result
 
 
-@pytest.mark.timeout(30)
 def test_probe_reports_what_the_installed_pyarrow_does(tmp_path: Path) -> None:
     result = run_probe(timeout_s=PROBE_TIMEOUT_S, workdir=tmp_path)
 
@@ -481,7 +483,6 @@ def _materialize(run_config: dg.RunConfig | None = None) -> dg.ExecuteInProcessR
         return dg.materialize([pyarrow_hang_probe], run_config=run_config, instance=instance)
 
 
-@pytest.mark.timeout(40)
 def test_probe_asset_judges_the_outcome_against_a_closed_issue() -> None:
     config = ProbeConfig(issue_state="closed", issue_state_reason="completed",
                          issue_updated_at="2026-03-01T10:00:00Z", timeout_s=PROBE_TIMEOUT_S)
@@ -503,7 +504,6 @@ def test_probe_asset_judges_the_outcome_against_a_closed_issue() -> None:
     assert check.description.startswith(expected), check.description
 
 
-@pytest.mark.timeout(40)
 def test_probe_asset_run_by_hand_records_unknown_issue_state() -> None:
     result = _materialize(dg.RunConfig(ops={PROBE_ASSET: ProbeConfig(timeout_s=PROBE_TIMEOUT_S)}))
 
@@ -513,7 +513,7 @@ def test_probe_asset_run_by_hand_records_unknown_issue_state() -> None:
     assert check.passed and "run by hand" in check.description
 
 
-def _gone(pid: int, within_s: float = 3.0) -> bool:
+def _gone(pid: int, within_s: float = 60.0) -> bool:
     """Whether ``pid`` is dead (absent or a zombie awaiting its reaper)."""
     deadline = time.monotonic() + within_s
     while time.monotonic() < deadline:

@@ -1,7 +1,7 @@
 """Screenshot the Dagster UI's ``case_metrics`` asset page after a three-case backfill.
 
 Starts the whole stack (replica behind the local Hub server, ``dagster dev``; see
-``isles_pipeline_tests/dagster_dev.py``) with two registered models (``rules`` and
+``isles_devkit/dagster_dev.py``) with two registered models (``rules`` and
 ``rules:loose``), backfills case_inputs for the first three cases over GraphQL (the
 ``chain_automation`` then runs both models), and lets headless Chromium render the
 asset's case x model partitions view with one (case, model)'s metadata and overlay picture; the
@@ -24,11 +24,11 @@ import urllib.parse
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))  # isles_pipeline_tests, when run from a plain checkout
+sys.path.insert(0, str(REPO_ROOT))  # isles_devkit, when run from a plain checkout
 
+from isles_devkit.dagster_dev import DagsterDevStack, dagster_dev_stack, model_keys  # noqa: E402
 from isles_pipeline.catalogue import CASE_IDS  # noqa: E402
 from isles_pipeline.models import ModelSpec, write_registry  # noqa: E402
-from isles_pipeline_tests.dagster_dev import DagsterDevStack, dagster_dev_stack, model_keys  # noqa: E402
 
 CASES = list(CASE_IDS[:3])
 MODELS = [ModelSpec("rules"), ModelSpec("rules:loose", options={"dwi_factor": 1.15, "adc_high": 0.8})]

@@ -28,6 +28,9 @@ def fetch_metadata(result: FetchResult) -> dict:
         "shape": str(tuple(summary["shape"])),
         "voxel_size_mm": str(tuple(summary["voxel_size_mm"])),
         "lesion_ml": dg.MetadataValue.float(float(summary["lesion_ml"])),
+        # a replica's shards say that they are synthetic (and their grid); the real dataset's do not
+        "synthetic": dg.MetadataValue.bool(summary["replica"] is not None),
+        **({"replica": dg.MetadataValue.json(summary["replica"])} if summary["replica"] else {}),
         **{f"sha256_{column}": f["sha256"] for column, f in files.items()},
         **{f"nonfinite_{column}": dg.MetadataValue.int(n) for column, n in summary["nonfinite_voxels"].items()},
     }

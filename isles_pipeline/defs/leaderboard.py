@@ -10,7 +10,7 @@ import dagster as dg
 
 from ..catalogue import CASE_IDS
 from ..failures import read_failure
-from ..leaderboard import build_leaderboard, display_rows, plot_pngs, to_markdown, write_leaderboard
+from ..leaderboard import build_leaderboard, display_rows, plot_pngs, title, to_markdown, write_leaderboard
 from ..models import result_path, slug_of
 from ..store import CaseStore
 from .partitions import MODEL_CHAIN_KEYS, chain_statuses
@@ -25,6 +25,11 @@ class ModelResults:
     records: list[dict]  # metrics records of the scored (case, model) pairs
     attempted: dict[str, list[str]]  # model -> cases it was tried on (inputs or its own chain)
     failures: dict[str, dict[str, str]]  # model -> case id -> cause
+
+    @property
+    def expected(self) -> list[str]:
+        """Every case tried for some model (its inputs or a model's chain): what each model should have."""
+        return sorted({c for cases in self.attempted.values() for c in cases})
 
 
 def collect_results(instance: dg.DagsterInstance, store: CaseStore, models: list[str]) -> ModelResults:
@@ -82,18 +87,20 @@ def _data_uri(png: bytes) -> str:
 def leaderboard(context: dg.AssetExecutionContext, case_store: CaseStoreResource, models: ModelRegistryResource) -> dg.MaterializeResult:
     store, names = case_store.store(), models.registry().names
     results = collect_results(context.instance, store, names)
-    board = build_leaderboard(results.records, names, results.failures)
+    board = build_leaderboard(results.records, names, results.failures, expected=results.expected)
     paths = write_leaderboard(board, store)
     worst = [(c, m) for m, cases in board.worst.items() for c in cases]
     plots = {title: _data_uri(png) for title, png in zip(("Dice by model", "Bland-Altman: volume"), plot_pngs(board).values(), strict=True)}
     markdown = to_markdown(board, overlay_links(store, worst), plots)
     rows = display_rows(board)
     columns = [dg.TableColumn(k, "string" if isinstance(v, str) else "float") for k, v in rows[0].items()] if rows else []
-    context.log.info(f"leaderboard: {len(names)} models, best {board.best}")
+    context.log.info(f"leaderboard: {title(board)}; best {board.best}")
     return dg.MaterializeResult(
         metadata={
             "best_model": str(board.best),
             "models": dg.MetadataValue.int(len(names)),
+            "ranked_cases": dg.MetadataValue.int(len(board.ranked_cases)),
+            "expected_cases": dg.MetadataValue.int(len(board.expected_cases)),
             "complete_cases": dg.MetadataValue.int(len(board.complete_cases)),
             "leaderboard": dg.MetadataValue.table(records=[dg.TableRecord(r) for r in rows], schema=dg.TableSchema(columns=columns)),
             "summary": dg.MetadataValue.md(markdown),

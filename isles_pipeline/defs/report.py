@@ -23,6 +23,18 @@ def _table(frame: pd.DataFrame) -> dg.TableMetadataValue:
     return dg.MetadataValue.table(records=records, schema=dg.TableSchema(columns=columns))
 
 
+EXPECTED_FROM = "every case with a run of case_inputs, or of this model's chain, in this Dagster instance"
+
+
+def _sources_section(instance: dg.DagsterInstance, store, registry) -> str:
+    """Which models, from which registry; whose case statuses; which results folder."""
+    return ("# Where these numbers come from\n\n"
+            f"- Models: {', '.join(f'`{n}`' for n in registry.names)} (registry: {registry.source})\n"
+            f"- Which cases ran and failed: the Dagster instance in `{instance.root_directory}`\n"
+            f"- Results read from: `{store.root}`\n"
+            "- Each model's data (dataset repo, commit, synthetic or not) is under its counts below.\n")
+
+
 def _worst_links(report: Report, model: str, links: dict) -> str:
     items = [f"[{c}]({links[(c, model)]})" if (c, model) in links else c for c in report.worst_cases]
     return f"Overlays of the worst cases: {', '.join(items)}\n" if items else ""
@@ -36,13 +48,14 @@ def _worst_links(report: Report, model: str, links: dict) -> str:
     "summary per model and PNG plots; failed and missing cases are listed, not hidden.",
 )
 def metrics_report(context: dg.AssetExecutionContext, case_store: CaseStoreResource, models: ModelRegistryResource) -> dg.MaterializeResult:
-    store, names = case_store.store(), models.registry().names
+    store, registry = case_store.store(), models.registry()
+    names = registry.names
     results = collect_results(context.instance, store, names)
-    sections, frames, metadata, paths = [], [], {}, {}
+    sections, frames, metadata, paths = [_sources_section(context.instance, store, registry)], [], {}, {}
     totals = {"scored": 0, "failed": 0, "missing": 0}
     for model in names:
         records = [r for r in results.records if r.get("model") == model]
-        report = build_report(records, results.attempted[model], results.failures[model])
+        report = build_report(records, results.attempted[model], results.failures[model], expected_from=EXPECTED_FROM)
         for name, path in write_report(report, store, area=f"report/{slug_of(model)}").items():
             paths[f"{slug_of(model)}_{name}"] = path
         links = overlay_links(store, [(c, model) for c in report.worst_cases])

@@ -10,10 +10,11 @@ import numpy as np
 
 from .. import nifti
 from ..formatting import fmt_metric, rounded
-from ..inputs import check_stored_inputs, read_case_images
+from ..inputs import check_stored_inputs, read_case_images, read_manifest
 from ..metrics import score_images
 from ..models import result_path
 from ..overlay import render_case_overlay
+from ..provenance import data_fields
 from .batching import CaseOutcome, run_cases
 from .cases import case_inputs
 from .partitions import case_backfill_policy, case_model_partitions, case_partitions, split_key, weights_of_model
@@ -57,9 +58,9 @@ def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResourc
         numbers = score_images(pred, gt).as_dict()
         info_path = result_path(store, case_id, model, PREDICTION_INFO_FILE)
         info = json.loads(info_path.read_text()) if info_path.exists() else {}
-        # what made the prediction (model fingerprint, dataset revision, device ...), as scalars
+        # what made the prediction (model fingerprint, device ...) as scalars, and the data it was scored on
         made = {key: value for key, value in info.items() if not isinstance(value, (dict, list))}
-        record = {"case_id": case_id, **numbers, **made, "model": model}
+        record = {"case_id": case_id, **numbers, **made, "model": model, **data_fields(read_manifest(store, case_id))}
         store.write_text(result_path(store, case_id, model, METRICS_FILE), json.dumps(record, indent=2))
         png = render_case_overlay(nifti.as_float32(images["dwi"]), np.asarray(gt.dataobj), np.asarray(pred.dataobj), record)
         overlay = result_path(store, case_id, model, OVERLAY_FILE)
@@ -67,7 +68,7 @@ def case_metrics(context: dg.AssetExecutionContext, case_store: CaseStoreResourc
         context.log.info(f"case {case_id}, model {model}: dice {fmt_metric('dice', numbers['dice'])}, "
                          f"f1 (ISLES'24) {fmt_metric('f1_isles24', numbers['f1_isles24'])}")
         return CaseOutcome(metadata={**metrics_metadata(numbers), "model": model, "fingerprint": str(made.get("fingerprint", "")),
-                                     "dataset_revision": str(made.get("dataset_revision", "")),
+                                     "data_revision": str(record.get("data_revision") or ""),
                                      "overlay_path": dg.MetadataValue.path(str(overlay)),
                                      "overlay": dg.MetadataValue.md(overlay_markdown(png, record))},
                            data_version=content_version(store.sha256(result_path(store, case_id, model, PREDICTION_FILE)),

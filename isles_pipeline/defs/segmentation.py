@@ -14,6 +14,7 @@ from .. import nifti
 from ..inputs import read_case_images, read_manifest
 from ..models import result_path
 from ..predict import INFERRED_KEYS, predict_images
+from ..provenance import data_fields
 from ..segment.options import options_that_ran
 from .batching import CaseOutcome, Subject, run_cases
 from .cases import case_inputs
@@ -50,7 +51,7 @@ def content_version(*parts: str) -> str:
     kinds={"pytorch", "nifti"},
     description="The model's predicted lesion mask (uint8 NIfTI on the input grid, with its affine and header), "
     "per (case, model); models come from the registry (models.yaml), and prediction.json records the model's "
-    "fingerprint, options, the settings that ran and the dataset revision.",
+    "fingerprint, options, the settings that ran and the data (repo, revision) it ran on.",
 )
 def case_prediction(context: dg.AssetExecutionContext, case_store: CaseStoreResource, models: ModelRegistryResource) -> dg.MaterializeResult:
     from ..weights import fingerprint
@@ -68,10 +69,8 @@ def case_prediction(context: dg.AssetExecutionContext, case_store: CaseStoreReso
         target = result_path(store, case_id, name, PREDICTION_FILE)
         sha = store.write_bytes(target, nifti.encode(result.mask))
         ran = options_that_ran(spec.segmenter, dict(result.info))
-        dataset = {"repo_id": manifest.repo_id, "revision": manifest.revision, "shard_oid": manifest.shard_oid} if manifest else {}
         info = {"model": name, "fingerprint": made_by.value, "weights": made_by.weights, "segmenter": model.name,
-                "options": spec.options, "ran_with": ran, "dataset_revision": dataset.get("revision", ""), "dataset": dataset,
-                **result.record()}
+                "options": spec.options, "ran_with": ran, **data_fields(manifest), **result.record()}
         store.write_text(result_path(store, case_id, name, PREDICTION_INFO_FILE), json.dumps(info, indent=2))
         context.log.info(f"case {case_id}, model {name}: {result.predicted_ml:.2f} ml predicted in {result.seconds:.2f} s on {result.device}")
         return CaseOutcome(
@@ -82,7 +81,7 @@ def case_prediction(context: dg.AssetExecutionContext, case_store: CaseStoreReso
                 "segmenter": model.name,
                 "options": dg.MetadataValue.json(spec.options),
                 "ran_with": dg.MetadataValue.json(ran),
-                "dataset_revision": dataset.get("revision", ""),
+                "data_revision": str(info["data_revision"] or ""),
                 "device": result.device,
                 "requested_device": result.requested_device,
                 "fallbacks": dg.MetadataValue.text("; ".join(result.fallbacks) or "none"),
@@ -92,7 +91,7 @@ def case_prediction(context: dg.AssetExecutionContext, case_store: CaseStoreReso
                 "path": dg.MetadataValue.path(str(target)),
                 "sha256": sha,
             },
-            data_version=content_version(made_by.value, dataset.get("shard_oid", "")),
+            data_version=content_version(made_by.value, manifest.shard_oid if manifest else ""),
         )
 
     return run_cases(context, store, segment, model_subject("case_prediction"))

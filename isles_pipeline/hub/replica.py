@@ -38,6 +38,7 @@ from isles_pipeline.catalogue import (
     DEFAULT_REPO_ID,
     NIFTI_COLUMNS,
     NUM_SHARDS,
+    REPLICA_KEY,
     shard_index,
     shard_path,
 )
@@ -95,8 +96,10 @@ def hf_features() -> dict[str, dict[str, str]]:
     return features
 
 
-def shard_schema() -> pa.Schema:
-    """The real shard schema: ALL_COLUMNS in order, with the ``huggingface`` metadata key."""
+def shard_schema(replica: Mapping[str, object] | None = None) -> pa.Schema:
+    """The real shard schema: ALL_COLUMNS in order, with the ``huggingface`` metadata key; and the
+    ``REPLICA_KEY`` key saying the shard is synthetic (``replica``: what built it, e.g. the grid),
+    which a reader records with the case so that a report can say so."""
     fields = []
     for column in ALL_COLUMNS:
         if column in NIFTI_COLUMNS:
@@ -105,7 +108,8 @@ def shard_schema() -> pa.Schema:
             fields.append(pa.field(column, pa.float32()))
         else:
             fields.append(pa.field(column, pa.string()))
-    metadata = {"huggingface": json.dumps({"info": {"features": hf_features()}})}
+    metadata = {"huggingface": json.dumps({"info": {"features": hf_features()}}),
+                REPLICA_KEY: json.dumps({"synthetic": True, **(replica or {})})}
     return pa.schema(fields, metadata=metadata)
 
 
@@ -500,7 +504,7 @@ def build_replica(
     for case_id in selected:
         case = make_case(case_id, spec, seed, adc_units=adc_units)  # validates adc_units before any write
         shard = shard_path(case_id)
-        path = write_shard(out / shard, phantom_row(case, ctp_mb=ctp_mb))
+        path = write_shard(out / shard, phantom_row(case, ctp_mb=ctp_mb), schema=shard_schema({"grid": spec.name, "seed": seed}))
         cases[case_id] = {
             "shard": shard,
             "lesion_ml": round(case.lesion_ml, 4),

@@ -7,11 +7,16 @@ no memory. Every request is counted (:attr:`HubServer.stats`), and faults (error
 connection resets, delays) can be injected in-process (:attr:`HubServer.faults`) or over HTTP
 (``/_admin/...``, see :class:`AdminClient`) to test how clients ride them out.
 
-Stdlib only. It binds to loopback addresses only: it has no authentication.
+A repo may be served as the Hub serves a private or a gated one, to a single bearer token
+(:meth:`HubServer.add_repo`); ``/api/whoami-v2`` knows that token, so ``hf auth login`` works
+against the server. Public repos, the default, need no token.
+
+Stdlib only. It binds to loopback addresses only: public repos have no authentication.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import logging
@@ -144,6 +149,7 @@ class Route:
 _API = r"^/api/(?P<plural>datasets|models)/(?P<repo>.+?)"
 _ROUTE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("agent_harnesses", re.compile(r"^/api/agent-harnesses$")),
+    ("whoami", re.compile(r"^/api/whoami-v2$")),
     ("repo_info", re.compile(_API + r"/revision/(?P<rev>[^/]+)$")),
     ("tree", re.compile(_API + r"/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?$")),
     ("paths_info", re.compile(_API + r"/paths-info/(?P<rev>[^/]+)$")),
@@ -182,38 +188,96 @@ def _flag(values: dict[str, list[str]], name: str) -> bool:
     return values.get(name, ["false"])[-1].lower() in ("1", "true")
 
 
+ACCESS_MODES = ("public", "private", "gated")
+# What the Hub says to a bearer token it does not know (huggingface_hub then does not take it for
+# a missing repo).
+INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may read a repo. private: only ``token`` sees it at all (others are told it does not
+    exist, as the Hub does); gated: its listing is public, its files need ``token``."""
+
+    mode: str = "public"
+    token: str = field(default="", repr=False)
+
+    def allows(self, bearer: str | None) -> bool:
+        return self.mode == "public" or (bearer is not None and hmac.compare_digest(bearer.encode(), self.token.encode()))
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None
+
+
 class HubApp:
     """The Hub's answers for a set of local repos, independent of the transport."""
 
     def __init__(self, digests: DigestCache) -> None:
         self._repos: dict[tuple[str, str], LocalRepo] = {}
+        self._access: dict[tuple[str, str], Access] = {}
         self._digests = digests
 
-    def add_repo(self, repo_type: str, repo_id: str, folder: Path) -> LocalRepo:
+    def add_repo(self, repo_type: str, repo_id: str, folder: Path, access: Access = Access()) -> LocalRepo:
         repo = LocalRepo(repo_type, repo_id, folder, self._digests)
         self._repos[(repo_type, repo_id)] = repo
+        self._access[(repo_type, repo_id)] = access
         return repo
 
-    def answer(self, method: str, route: Route, query: str, body: bytes, range_header: str | None) -> Response:
+    def answer(
+        self, method: str, route: Route, query: str, body: bytes, range_header: str | None, authorization: str | None = None
+    ) -> Response:
         if route.kind == "other":
             return json_response(404, {"error": f"no route {method} {route.path}"})
         if route.kind == "agent_harnesses":
             return json_response(200, AGENT_HARNESSES)
+        if route.kind == "whoami":
+            return self._whoami(bearer_token(authorization))
         if method not in _ALLOWED_METHODS.get(route.kind, ("GET",)):
             return json_response(405, {"error": f"{method} not allowed here"})
         repo = self._repos.get((route.repo_type, route.repo_id))  # type: ignore[arg-type]
         if repo is None:
             return hub_error("RepoNotFound", f"Repository {route.repo_id} not found")
+        access = self._access[(route.repo_type, route.repo_id)]  # type: ignore[index]
+        denied = self._denied(access, route, bearer_token(authorization))
+        if denied is not None:
+            return denied
         snapshot = repo.snapshot()
         if not snapshot.accepts_revision(route.revision):
             return hub_error("RevisionNotFound", f"Invalid rev id: {route.revision}")
         if route.kind == "repo_info":
-            return json_response(200, snapshot.repo_info())
+            gated = "manual" if access.mode == "gated" else False
+            return json_response(200, {**snapshot.repo_info(), "private": access.mode == "private", "gated": gated})
         if route.kind == "tree":
             return self._tree(snapshot, route, parse_qs(query))
         if route.kind == "paths_info":
             return self._paths_info(snapshot, body)
         return self._resolve(snapshot, route, range_header)
+
+    def _known_token(self, bearer: str) -> bool:
+        return any(a.mode != "public" and a.allows(bearer) for a in self._access.values())
+
+    def _denied(self, access: Access, route: Route, bearer: str | None) -> Response | None:
+        """The Hub's refusal of this request, or None when it may go on."""
+        if access.allows(bearer) or (access.mode == "gated" and route.kind != "resolve"):
+            return None
+        if bearer is not None and not self._known_token(bearer):
+            return json_response(401, {"error": INVALID_CREDENTIALS}, {"X-Error-Message": INVALID_CREDENTIALS})
+        if access.mode == "gated":
+            message = f"Access to {route.repo_id} is restricted: you must have access to it and be authenticated"
+            return json_response(401 if bearer is None else 403, {"error": message}, {"X-Error-Code": "GatedRepo", "X-Error-Message": message})
+        return json_response(401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound", "X-Error-Message": "Repository not found"})
+
+    def _whoami(self, bearer: str | None) -> Response:
+        """``/api/whoami-v2``: a user for a token some repo accepts (``hf auth login`` asks)."""
+        if bearer is None or not self._known_token(bearer):
+            return json_response(401, {"error": INVALID_CREDENTIALS}, {"X-Error-Message": INVALID_CREDENTIALS})
+        token = {"displayName": "local-hub", "role": "read"}
+        return json_response(200, {"type": "user", "name": "local-user", "auth": {"type": "access_token", "accessToken": token}})
 
     @staticmethod
     def _tree(snapshot: RepoSnapshot, route: Route, params: dict[str, list[str]]) -> Response:
@@ -339,7 +403,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
         range_header = self.headers.get("Range")
         fault = hub.faults.take(route.kind, raw_path)
         response = self._answer(method, route, query, body, range_header, fault)
-        authenticated = (self.headers.get("Authorization") or "").startswith("Bearer ")
+        authenticated = bearer_token(self.headers.get("Authorization")) is not None
         record = hub._stats.begin(method, route.kind, self.path, range_header, response.status, authenticated)
         cut = fault.cut_point(response.body_length) if fault is not None and fault.kind == "reset" else None
         self._send(response, method, record, cut)
@@ -352,7 +416,7 @@ class _HubRequestHandler(BaseHTTPRequestHandler):
             time.sleep(fault.seconds)
         if fault is not None and fault.kind == "status":
             return _status_fault_response(fault)
-        return self.server.hub.app.answer(method, route, query, body, range_header)
+        return self.server.hub.app.answer(method, route, query, body, range_header, self.headers.get("Authorization"))
 
     def _send(self, response: Response, method: str, record: LiveRecord | None = None, cut: int | None = None) -> None:
         self.send_response(response.status)
@@ -407,8 +471,8 @@ def _check_port(port: int) -> int:
 class HubServer:
     """A Hub-compatible HTTP server for local folders; use as a context manager or start()/stop().
 
-    It has no authentication: it binds 127.0.0.1 unless told otherwise. Fault injection (the
-    in-process :attr:`faults` plan and the ``/_admin`` routes) is off unless ``faults=True``.
+    Public repos have no authentication: it binds 127.0.0.1 unless told otherwise. Fault injection
+    (the in-process :attr:`faults` plan and the ``/_admin`` routes) is off unless ``faults=True``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, digests: DigestCache = SHARED_DIGESTS, faults: bool = False):
@@ -422,9 +486,16 @@ class HubServer:
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
 
-    def add_repo(self, repo_type: str, repo_id: str, folder: Path) -> HubServer:
-        """Serve ``folder`` as the repo ``repo_id`` ("dataset" or "model"); returns self."""
-        self.app.add_repo(repo_type, repo_id, Path(folder))
+    def add_repo(self, repo_type: str, repo_id: str, folder: Path, access: str = "public", token: str | None = None) -> HubServer:
+        """Serve ``folder`` as the repo ``repo_id`` ("dataset" or "model"); returns self.
+
+        ``access``: "public" (anyone), "private" or "gated" (only requests bearing ``token``; see
+        :class:`Access`)."""
+        if access not in ACCESS_MODES:
+            raise ValueError(f"access must be one of {', '.join(ACCESS_MODES)}, not {access!r}")
+        if (access == "public") != (token is None):
+            raise ValueError("a private or gated repo needs a token; a public one takes none")
+        self.app.add_repo(repo_type, repo_id, Path(folder), Access(access, token or ""))
         return self
 
     @property

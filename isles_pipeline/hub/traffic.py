@@ -7,7 +7,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, fields
 from typing import Any, NamedTuple
 
-ROUTE_KINDS: tuple[str, ...] = ("repo_info", "tree", "paths_info", "resolve", "agent_harnesses", "other")
+ROUTE_KINDS: tuple[str, ...] = ("repo_info", "tree", "paths_info", "resolve", "agent_harnesses", "whoami", "other")
 FAULT_KINDS: tuple[str, ...] = ("status", "reset", "delay")
 
 

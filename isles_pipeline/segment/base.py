@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -17,8 +19,11 @@ class Segmenter(Protocol):
     scaling applied, any orientation) and the grid's 4x4 affine (voxel -> mm), and returns a
     boolean mask of that shape. ``segment_images`` is the same for any modalities: the images by
     shard column (``dwi``, ``adc``, ``tmax``, ``cbf`` ...), of which the segmenter reads the ones it
-    needs. After a call, ``last_info`` says how the mask was made; its ``device`` is the device
-    that produced it and ``fallbacks`` lists every retry taken (for example out of memory on CUDA).
+    needs. ``spacing`` is the voxel size the image header states (NIfTI ``pixdim``), which
+    nnU-Net's readers report and the affine's column norms match only to float32 precision; None:
+    the column norms. After a call, ``last_info`` says how the mask was made; its ``device`` is the
+    device that produced it and ``fallbacks`` lists every retry taken (for example out of memory on
+    CUDA).
     """
 
     name: str
@@ -27,7 +32,9 @@ class Segmenter(Protocol):
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray: ...
 
-    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray: ...
+    def segment_images(
+        self, images: Mapping[str, np.ndarray], affine: np.ndarray, spacing: Sequence[float] | None = None
+    ) -> np.ndarray: ...
 
 
 def mri_pair(images: Mapping[str, np.ndarray], segmenter: str) -> tuple[np.ndarray, np.ndarray]:
@@ -60,3 +67,9 @@ def resolve_device(spec: str | torch.device = "auto") -> torch.device:
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unsupported device {spec!r}: expected auto, cpu or cuda[:N]")
     return device
+
+
+def prints_to_stderr():
+    """A library's progress prints (nnU-Net's) go to stderr, so that stdout stays the command's
+    JSON summary."""
+    return contextlib.redirect_stdout(sys.stderr)

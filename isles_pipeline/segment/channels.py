@@ -3,6 +3,7 @@
 The built-in segmenters read DWI and ADC. An nnU-Net model names its input channels in its
 ``dataset.json`` (``channel_names``: {"0": "DWI", "1": "ADC"}); :func:`column_for_channel` maps
 each name, case-insensitively and through common aliases, to one of the shard's image columns.
+Only that one file is read (downloaded, for a Hub model): no weights, no torch.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+
+from .hub_models import HUB_PREFIX, CheckpointError, download_marker_file
+from .nnunet_v1_files import is_v1_folder
+from .nnunet_v1_files import read_channel_names as read_v1_channel_names
 
 # The MRI pair every built-in segmenter reads.
 MRI_COLUMNS = ("dwi", "adc")
@@ -49,13 +54,27 @@ def columns_for_channels(channel_names: dict[str, str], model: str = "the model"
 def input_columns_for(name: str, checkpoint: str | None = None) -> tuple[str, ...]:
     """The image columns (shard column names) that segmenter ``name`` with ``checkpoint`` reads."""
     if name == "nnunet" and checkpoint:
-        local = Path(checkpoint).expanduser() / "dataset.json"
-        if local.is_file():  # read here: a local folder needs no torch import
-            return columns_for_channels(read_channel_names(local), f"nnU-Net model {checkpoint}")
-        from .nnunet import model_columns  # a Hub repo: downloaded (and cached) through the client
-
-        return model_columns(checkpoint)
+        return columns_for_channels(model_channel_names(checkpoint), f"nnU-Net model {checkpoint}")
     return MRI_COLUMNS
+
+
+def model_channel_names(model: str) -> dict[str, str]:
+    """The channel names of an nnU-Net model, read from the one file that holds them: v2's
+    ``dataset.json``, v1's ``plans.pkl`` (through the allow-list). Of a Hub model repo only that
+    file is downloaded; the weights stay on the Hub until the model runs."""
+    local = Path(model).expanduser()
+    if not model.startswith(HUB_PREFIX) and local.exists():
+        return folder_channel_names(local)
+    return folder_channel_names(download_marker_file(model).parent)
+
+
+def folder_channel_names(folder: Path) -> dict[str, str]:
+    """The channel names of a local nnU-Net model folder (v1 or v2)."""
+    if is_v1_folder(folder):
+        return read_v1_channel_names(folder)
+    if not (folder / "dataset.json").is_file():
+        raise CheckpointError(f"nnU-Net model folder {str(folder)!r} has no dataset.json (nor an nnU-Net v1 plans.pkl)")
+    return read_channel_names(folder / "dataset.json")
 
 
 def read_channel_names(dataset_json: Path) -> dict[str, str]:

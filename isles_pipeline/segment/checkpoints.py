@@ -7,8 +7,8 @@ A checkpoint *spec* is one of
 * a Hub model repo: ``[hf://]org/name[@revision][:pattern[,pattern...]]``, e.g.
   ``org/nvauto@v1:fold*.ts``. Patterns without wildcards are file names downloaded directly;
   wildcard patterns are matched against the repo's file list; no pattern means all checkpoint
-  files. Downloads use ``hf_hub_download`` with the endpoint given or ``HF_ENDPOINT``; the token
-  is never handled here: like the dataset reader, the client reads ``HF_TOKEN`` itself.
+  files. They download through ``snapshot_download`` (see :mod:`~isles_pipeline.segment.hub_models`:
+  one retry layer per Hub call, the client's token).
 
 A checkpoint *file* is either TorchScript (``torch.jit.save``; DeepISLES' NVAUTO models are) or
 a ``torch.save``-d dict ``{"arch": "SegResNet", "kwargs": {...}, "state_dict": {...}}`` naming a
@@ -30,7 +30,6 @@ import glob
 import io
 import json
 import os
-import re
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,15 +37,19 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
-from huggingface_hub import HfApi, hf_hub_download
 from monai.networks import nets
 
-from isles_pipeline.hub_client import hub_token_setting
-from isles_pipeline.retry import call_with_retries
+from isles_pipeline.segment.hub_models import (
+    HUB_PREFIX,
+    CheckpointError,
+    HubSpec,
+    download_snapshot,
+    parse_hub_spec,
+    repo_files,
+)
 
 CHECKPOINT_SUFFIXES = (".ts", ".pt", ".pth")
 DEFAULT_PATTERNS = tuple(f"*{suffix}" for suffix in CHECKPOINT_SUFFIXES)
-HUB_PREFIX = "hf://"
 # MONAI networks a state-dict checkpoint may name; anything else is refused, not imported.
 ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     "SegResNet": nets.SegResNet,
@@ -54,24 +57,10 @@ ARCHITECTURES: dict[str, type[torch.nn.Module]] = {
     "UNet": nets.UNet,
     "BasicUNet": nets.BasicUNet,
 }
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 SIDECAR_SUFFIX = ".json"
 # The NetworkSegmenter options a sidecar may set; sw_batch_size, amp and device belong to the machine.
 SIDECAR_OPTIONS = ("target_spacing", "roi_size", "overlap", "size_divisible")
 INPUT_CHANNELS = ("adc", "dwi")  # the order every network here takes its input channels in
-
-
-class CheckpointError(ValueError):
-    """A spec that resolves to no usable checkpoint, or a file that is not one."""
-
-
-@dataclass(frozen=True)
-class HubSpec:
-    """A parsed Hub checkpoint spec."""
-
-    repo_id: str
-    revision: str | None
-    patterns: tuple[str, ...]
 
 
 @dataclass
@@ -83,17 +72,6 @@ class LoadedModel:
     kind: str  # "torchscript" | "state_dict" | "module"
     # The sidecar's inference options; None: no sidecar (in-memory modules never have one).
     settings: dict[str, Any] | None = None
-
-
-def parse_hub_spec(spec: str) -> HubSpec | None:
-    """Parse ``[hf://]org/name[@revision][:patterns]``; None if ``spec`` is not of that form."""
-    body = spec[len(HUB_PREFIX) :] if spec.startswith(HUB_PREFIX) else spec
-    body, _, pattern_text = body.partition(":")
-    repo_id, _, revision = body.partition("@")
-    if not _REPO_ID.match(repo_id):
-        return None
-    patterns = tuple(p.strip() for p in pattern_text.split(",") if p.strip())
-    return HubSpec(repo_id=repo_id, revision=revision or None, patterns=patterns)
 
 
 def resolve_checkpoint_files(spec: str | os.PathLike[str], endpoint: str | None = None) -> list[Path]:
@@ -136,74 +114,13 @@ def _local_files(path: Path) -> list[Path]:
     return files
 
 
-def hub_endpoint(endpoint: str | None = None) -> str | None:
-    """The endpoint to use: the argument, else ``HF_ENDPOINT`` read now by settings.py (not at
-    import), else None (the client's default, the public Hub)."""
-    from isles_pipeline.settings import read_settings
-
-    return endpoint or read_settings(only=("hf_endpoint",)).hf_endpoint
-
-
 def _download(hub: HubSpec, endpoint: str | None) -> list[Path]:
     """Download a Hub spec's checkpoint files, and each one's sidecar where the repo has it."""
-    endpoint = hub_endpoint(endpoint)
-    listed = _hub_listing(hub, endpoint)
+    commit, listed = repo_files(hub, endpoint)
     names = _hub_file_names(hub, listed)
-
-    def fetch(name: str) -> Path:
-        return Path(
-            call_with_retries(
-                lambda: hf_hub_download(
-                    hub.repo_id, name, repo_type="model", revision=hub.revision, endpoint=endpoint, token=hub_token_setting()
-                ),
-                what=f"download {hub.repo_id}/{name}",
-            )
-        )
-
-    for sidecar in (_sidecar_name(name) for name in names):
-        if sidecar in listed:
-            fetch(sidecar)  # lands beside its checkpoint in the same snapshot folder
-    return [fetch(name) for name in names]
-
-
-# What an nnU-Net trained-model folder needs from a Hub repo (relative to its subfolder).
-MODEL_FOLDER_PATTERNS = ("dataset.json", "plans.json", "fold_*/checkpoint_final.pth", "fold_*/checkpoint_best.pth")
-
-
-def download_model_folder(spec: str, endpoint: str | None = None) -> Path:
-    """Download an nnU-Net model folder from a Hub spec ``[hf://]org/name[@revision][:subfolder]``
-    (same client, token handling and retries as checkpoints); returns the local folder."""
-    hub = parse_hub_spec(spec)
-    if hub is None:
-        raise CheckpointError(f"{spec!r} is not a Hub repo id (org/name)")
-    endpoint = hub_endpoint(endpoint)
-    prefix = "/".join(p.strip("/") for p in hub.patterns if p.strip("/"))
-    prefix = f"{prefix}/" if prefix else ""
-    listed = _hub_listing(hub, endpoint)
-    names = [n for n in listed if n.startswith(prefix) and any(fnmatch.fnmatch(n[len(prefix):], p) for p in MODEL_FOLDER_PATTERNS)]
-    if f"{prefix}dataset.json" not in names:
-        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no {prefix}dataset.json: not an nnU-Net model folder")
-    paths = [
-        Path(
-            call_with_retries(
-                lambda name=name: hf_hub_download(
-                    hub.repo_id, name, repo_type="model", revision=hub.revision, endpoint=endpoint, token=hub_token_setting()
-                ),
-                what=f"download {hub.repo_id}/{name}",
-            )
-        )
-        for name in names
-    ]
-    return paths[names.index(f"{prefix}dataset.json")].parent
-
-
-def _hub_listing(hub: HubSpec, endpoint: str | None) -> list[str]:
-    """Every file name of the repo at the spec's revision."""
-    info = call_with_retries(
-        lambda: HfApi(endpoint=endpoint, token=hub_token_setting()).model_info(hub.repo_id, revision=hub.revision),
-        what=f"list {hub.repo_id}",
-    )
-    return sorted(s.rfilename for s in info.siblings or [])
+    sidecars = [sidecar for sidecar in map(_sidecar_name, names) if sidecar in listed]
+    folder = download_snapshot(hub, commit, names + sidecars, endpoint)  # each sidecar beside its checkpoint
+    return [folder / name for name in names]
 
 
 def _hub_file_names(hub: HubSpec, listed: list[str]) -> list[str]:
@@ -211,6 +128,9 @@ def _hub_file_names(hub: HubSpec, listed: list[str]) -> list[str]:
     against the repo's file list."""
     patterns = hub.patterns or DEFAULT_PATTERNS
     literal = [p for p in patterns if not _has_wildcard(p)]
+    missing = [name for name in literal if name not in listed]
+    if missing:
+        raise CheckpointError(f"Hub repo {hub.repo_id!r} has no file {', '.join(missing)} (at {hub.revision or 'main'})")
     wildcards = [p for p in patterns if p not in literal]
     names = list(literal)
     names += [n for n in listed if n not in names and any(fnmatch.fnmatch(n, p) for p in wildcards)]

@@ -148,8 +148,8 @@ class NetworkSegmenter:
             self._models = models
         return self._models
 
-    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
-        """:meth:`segment` on the case's DWI and ADC (other images are not read)."""
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """:meth:`segment` on the case's DWI and ADC (other images are not read; the grid is the affine's)."""
         return self.segment(*mri_pair(images, self.name), affine)
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:

@@ -87,6 +87,7 @@ class NnUNetOptions(_Options):
     checkpoint_name: Literal["checkpoint_final.pth", "checkpoint_best.pth"] | None = Field(
         None, description="checkpoint_final.pth, else checkpoint_best.pth"
     )
+    recipe: Literal["deepisles-seals"] | None = Field(None, description="run a v1 folder as DeepISLES runs SEALS (segment/seals.py)")
 
 
 OPTIONS: dict[str, type[_Options]] = {"rules": RulesOptions, "network": NetworkOptions, "nnunet": NnUNetOptions}
@@ -119,7 +120,7 @@ def options_that_ran(segmenter: str, info: dict) -> dict:
     if segmenter == "rules":
         return dict(info.get("params") or {})
     names = {"network": ("target_spacing", "roi_size", "overlap", "sw_batch_size", "amp", "amp_ran"),
-             "nnunet": ("tile_step_size", "use_gaussian", "use_mirroring", "folds", "checkpoint_name")}[segmenter]
+             "nnunet": ("tile_step_size", "use_gaussian", "use_mirroring", "folds", "checkpoint_name", "recipe")}[segmenter]
     return {name: _plain(info[name]) for name in names if name in info}
 
 

@@ -11,6 +11,10 @@ voxel j samples the source at index ``j t / s``: the first voxel centres coincid
 last source voxel the edge value is repeated. The voxel sizes are those ``zoom_affine`` uses: the
 diagonal of the Cholesky factor of ``R^T R`` (R = the affine's 3x3 part; the column norms for
 any grid without shear). Going back (``Invertd``) samples the target grid at ``i s / t``.
+
+That is MONAI's grid for grids without shear only: a sheared grid (voxel axes not at right angles,
+beyond float rounding) is refused, not approximated. ``isles_pipeline_tests/test_nvauto_grid.py``
+compares both directions with MONAI's ``Spacing`` on the same inputs.
 """
 
 from __future__ import annotations
@@ -21,10 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# |cos| of the angle between two voxel axes above which a grid counts as sheared (float32 affines
+# written by scanners' converters are orthogonal to about 1e-7).
+MAX_AXIS_COSINE = 1e-4
+
 
 def monai09_voxel_sizes(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel sizes as MONAI 0.9's ``zoom_affine`` takes them (Cholesky diagonal of R^T R)."""
+    """Voxel sizes as MONAI 0.9's ``zoom_affine`` takes them (Cholesky diagonal of R^T R); a sheared
+    grid is refused (ValueError)."""
     rzs = np.asarray(affine, dtype=float)[:3, :3]
+    lengths = np.linalg.norm(rzs, axis=0)
+    cosines = np.abs(rzs.T @ rzs / np.outer(lengths, lengths) - np.eye(3)).max()
+    if cosines > MAX_AXIS_COSINE:
+        raise ValueError(f"the image grid is sheared (voxel axes at cos {cosines:.2g} from right angles): the network "
+                         "segmenter resamples grids whose voxel axes are at right angles only")
     return tuple(float(v) for v in np.diag(np.linalg.cholesky(rzs.T @ rzs).T))  # type: ignore[return-value]
 
 

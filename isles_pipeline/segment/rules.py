@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 
 import cc3d
@@ -176,8 +176,8 @@ class RuleSegmenter:
         self.params = RuleParams(**params)
         self.last_info: dict[str, object] = {}
 
-    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray) -> np.ndarray:
-        """:meth:`segment` on the case's DWI and ADC (other images are not read)."""
+    def segment_images(self, images: Mapping[str, np.ndarray], affine: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
+        """:meth:`segment` on the case's DWI and ADC (other images are not read; the grid is the affine's)."""
         return self.segment(*mri_pair(images, self.name), affine)
 
     def segment(self, dwi: np.ndarray, adc: np.ndarray, affine: np.ndarray) -> np.ndarray:

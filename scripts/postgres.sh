@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start a throwaway PostgreSQL on 127.0.0.1 and print the DAGSTER_PG_* exports for it:
-#   eval "$(bash .ci/postgres)"
+#   eval "$(bash scripts/postgres.sh)"
 # Installs Debian's postgresql when its tools are missing. Runs the server as `postgres` when root.
 set -euo pipefail
 if ! command -v initdb >/dev/null && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -32,10 +32,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from isles_devkit.postgres import fresh_database
+from isles_devkit.processes import live_processes_in_group, process_dirs, stat_fields
 from isles_pipeline.catalogue import DEFAULT_REPO_ID
 from isles_pipeline.demo import prepare_dagster_home
 from isles_pipeline.settings import postgres_configured
-from isles_pipeline_tests.postgres import fresh_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHAIN_ASSETS = ("case_inputs", "case_prediction", "case_metrics")
@@ -78,39 +79,16 @@ def _polls(timeout_s: float, interval_s: float) -> Iterator[None]:
         time.sleep(interval_s)
 
 
-def _process_dirs() -> Iterator[Path]:
-    return (entry for entry in Path("/proc").iterdir() if entry.name.isdigit())
-
-
-def _stat_fields(process_dir: Path) -> list[str]:
-    """The fields of ``/proc/<pid>/stat`` after the command name (which may hold spaces): state,
-    ppid, pgrp, ...; OSError when the process ended while we looked."""
-    return (process_dir / "stat").read_text().rsplit(")", 1)[1].split()
-
-
-def live_processes_in_group(pgid: int) -> list[int]:
-    """Pids of the processes of group ``pgid`` that are still running (zombies are dead: skipped)."""
-    pids = []
-    for entry in _process_dirs():
-        try:
-            state, _ppid, group = _stat_fields(entry)[:3]
-        except OSError:
-            continue
-        if int(group) == pgid and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 def live_processes_with_env(key: str, value: str) -> list[int]:
     """Pids of running processes whose environment has ``key=value``: the stack's processes
     carry its DAGSTER_HOME, also any that left the process group."""
     wanted, pids = f"{key}={value}".encode(), []
-    for entry in _process_dirs():
+    for entry in process_dirs():
         if int(entry.name) == os.getpid():
             continue
         try:
             environ = (entry / "environ").read_bytes()
-            state = _stat_fields(entry)[0]
+            state = stat_fields(entry)[0]
         except OSError:
             continue
         if wanted in environ.split(b"\0") and state != "Z":

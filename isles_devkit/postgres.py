@@ -1,5 +1,5 @@
-"""A fresh PostgreSQL database per test on the server that DAGSTER_PG_* point at (see .ci/postgres),
-so that runs of one test never show up in another."""
+"""A fresh PostgreSQL database per test or benchmark on the server that DAGSTER_PG_* point at (see
+scripts/postgres.sh), so that runs of one never show up in another."""
 
 from __future__ import annotations
 
@@ -7,14 +7,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import pytest
-
-from isles_pipeline.settings import postgres_configured
-
-needs_postgres = pytest.mark.skipif(
-    not postgres_configured(), reason="no PostgreSQL: set DAGSTER_PG_* (eval \"$(bash .ci/postgres)\")"
-)
 
 
 def _connect(db_name: str):
