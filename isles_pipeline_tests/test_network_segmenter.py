@@ -320,7 +320,6 @@ def test_checkpoints_download_from_a_local_hub_model_repo(tmp_path: Path, monkey
     assert server.stats.requests_by_route["repo_info"] == 3  # one per spec: revision resolved to a commit
 
 
-@pytest.mark.timeout(120)
 def test_a_model_download_retries_each_hub_call_in_one_layer(tmp_path: Path) -> None:
     """A 503 burst on every route a model download calls is ridden out; a 503 that lasts ends after
     the attempts of one layer (repo info: the pipeline's 4; the others: the client's), never their product."""

@@ -270,7 +270,6 @@ def files_holding(folder: Path, secret: str) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
 
 
-@pytest.mark.timeout(300)
 def test_the_token_is_hf_token_else_the_stored_login_and_never_written(hub, replica_dir, tmp_path):
     """A private dataset repo, read by ``isles-pipeline fetch`` in fresh processes: a stored login
     (``hf auth login`` in a fresh HF_HOME) is sent as the Authorization header, ``HF_TOKEN`` comes
