@@ -16,6 +16,7 @@ from ..models import result_path
 from ..predict import INFERRED_KEYS, predict_images
 from ..provenance import data_fields
 from ..segment.options import options_that_ran
+from ..weights import fingerprint
 from .batching import CaseOutcome, Subject, run_cases
 from .cases import case_inputs
 from .partitions import case_backfill_policy, case_model_partitions, inputs_of_case, split_key, weights_of_model
@@ -54,8 +55,6 @@ def content_version(*parts: str) -> str:
     "fingerprint, options, the settings that ran and the data (repo, revision) it ran on.",
 )
 def case_prediction(context: dg.AssetExecutionContext, case_store: CaseStoreResource, models: ModelRegistryResource) -> dg.MaterializeResult:
-    from ..weights import fingerprint
-
     store, registry, built = case_store.store(), models.registry(), {}
 
     def segment(key: str) -> CaseOutcome:
