@@ -14,8 +14,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
-
 from isles_devkit.processes import user_env
 from isles_pipeline.catalogue import CASE_IDS, shard_path
 
