@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 if importlib.util.find_spec("nnunet") is None:  # the nnunet1 extra (not imported here: it prints)
-    pytest.skip("nnU-Net v1 is not installed: pip install torch==<your torch> '.[nnunet1]'", allow_module_level=True)
+    pytest.skip("nnU-Net v1 is not installed: pip install -c constraints.txt -e '.[nnunet1]'", allow_module_level=True)
 
 import SimpleITK as sitk  # noqa: E402
 

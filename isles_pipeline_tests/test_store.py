@@ -26,8 +26,8 @@ DATA = b"lesion mask bytes" * 1000
 def s3_endpoint():
     """An S3 API server on 127.0.0.1 with one empty bucket, and the standard AWS_* variables a lab
     sets for MinIO or another S3 API."""
-    moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency: pip install -e '.[dev]'")
-    pytest.importorskip("s3fs", reason="s3fs is a dev dependency: pip install -e '.[dev]'")
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency: pip install -c constraints.txt -e '.[dev]'")
+    pytest.importorskip("s3fs", reason="s3fs is a dev dependency: pip install -c constraints.txt -e '.[dev]'")
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
