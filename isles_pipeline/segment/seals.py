@@ -78,35 +78,37 @@ def one_mm_size(image, target_spacing=TARGET_SPACING_MM) -> list[int]:
     return (np.array(image.GetSize()) / factor).astype(np.int64).tolist()
 
 
-def respacing_file(image, target_spacing=TARGET_SPACING_MM):
-    """Task500_Ischemic_Stroke_Test.py ``respacing_file(image, [1, 1, 1], sitk.sitkLinear)``: the
-    reference image's origin and direction, 1 mm spacing, linear, the input's pixel type."""
+def _resample_linear(image, spacing, size, origin=None, direction=None, float32: bool = False):
+    """SimpleITK's linear resampling with the identity transform, as DeepISLES configures it each time:
+    ``image``'s own grid (``SetReferenceImage``) with the spacing and size given, and the origin,
+    direction and float32 output where given."""
     import SimpleITK as sitk
 
     resampler = sitk.ResampleImageFilter()
     resampler.SetReferenceImage(image)
-    resampler.SetOutputSpacing(list(target_spacing))
-    resampler.SetSize(one_mm_size(image, target_spacing))
+    if origin is not None:
+        resampler.SetOutputOrigin(origin)
+    if direction is not None:
+        resampler.SetOutputDirection(direction)
+    resampler.SetOutputSpacing(list(spacing))
+    resampler.SetSize(list(size))
+    if float32:
+        resampler.SetOutputPixelType(sitk.sitkFloat32)
     resampler.SetTransform(sitk.Transform(3, sitk.sitkIdentity))
     resampler.SetInterpolator(sitk.sitkLinear)
     return resampler.Execute(image)
+
+
+def respacing_file(image, target_spacing=TARGET_SPACING_MM):
+    """Task500_Ischemic_Stroke_Test.py ``respacing_file(image, [1, 1, 1], sitk.sitkLinear)``: the
+    reference image's origin and direction, 1 mm spacing, linear, the input's pixel type."""
+    return _resample_linear(image, target_spacing, one_mm_size(image, target_spacing))
 
 
 def resample_onto(image, target):
     """Task500_Ischemic_Stroke_Test.py ``reimplement_resize(image, target, sitk.sitkLinear)``: onto
     ``target``'s origin, direction, spacing and size; linear; float32."""
-    import SimpleITK as sitk
-
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(image)
-    resampler.SetOutputOrigin(target.GetOrigin())
-    resampler.SetOutputDirection(target.GetDirection())
-    resampler.SetOutputSpacing(target.GetSpacing())
-    resampler.SetSize(target.GetSize())
-    resampler.SetOutputPixelType(sitk.sitkFloat32)
-    resampler.SetTransform(sitk.Transform(3, sitk.sitkIdentity))
-    resampler.SetInterpolator(sitk.sitkLinear)
-    return resampler.Execute(image)
+    return _resample_linear(image, target.GetSpacing(), target.GetSize(), target.GetOrigin(), target.GetDirection(), float32=True)
 
 
 def recover_channel(values: np.ndarray, dwi) -> np.ndarray:
@@ -115,17 +117,7 @@ def recover_channel(values: np.ndarray, dwi) -> np.ndarray:
     image's origin and direction and the DWI's spacing and size; linear; float32 (z, y, x)."""
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(values)
-    resampler = sitk.ResampleImageFilter()
-    resampler.SetReferenceImage(image)
-    resampler.SetOutputOrigin(image.GetOrigin())
-    resampler.SetOutputDirection(image.GetDirection())
-    resampler.SetOutputSpacing(dwi.GetSpacing())
-    resampler.SetSize(dwi.GetSize())
-    resampler.SetOutputPixelType(sitk.sitkFloat32)
-    resampler.SetTransform(sitk.Transform(3, sitk.sitkIdentity))
-    resampler.SetInterpolator(sitk.sitkLinear)
-    return sitk.GetArrayFromImage(resampler.Execute(image))
+    return sitk.GetArrayFromImage(_resample_linear(sitk.GetImageFromArray(values), dwi.GetSpacing(), dwi.GetSize(), float32=True))
 
 
 def seals_mask(
