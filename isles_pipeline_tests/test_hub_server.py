@@ -558,7 +558,7 @@ def test_serve_forever_prints_url_and_stops_on_ctrl_c(dataset_dir: Path) -> None
     )
     repo_root = Path(__file__).resolve().parents[1]
     child = subprocess.Popen(
-        [sys.executable, "-c", script, str(dataset_dir), DATASET],
+        [sys.executable, "-X", "faulthandler", "-c", script, str(dataset_dir), DATASET],
         cwd=repo_root,
         stdout=subprocess.PIPE,
         text=True,
@@ -572,7 +572,7 @@ def test_serve_forever_prints_url_and_stops_on_ctrl_c(dataset_dir: Path) -> None
         assert child.wait(timeout=120) == 0  # a hang guard, not a speed bound
     finally:
         if child.poll() is None:
-            child.kill()
+            child.send_signal(signal.SIGABRT)  # faulthandler prints every thread's stack into the report
             child.wait()
 
 

@@ -26,7 +26,7 @@ import struct
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -514,28 +514,47 @@ class HubServer:
         """Zero the counters and empty the request log (planned faults stay)."""
         self._stats.reset()
 
-    def start(self) -> HubServer:
-        """Bind (port 0 picks a free port) and serve from a daemon thread; returns self."""
-        if self._httpd is not None:
-            return self
+    def _bind(self) -> _HubHTTPServer:
         try:
             httpd = _HubHTTPServer((self.host, self.port), _HubRequestHandler)
         except OSError as exc:
             raise OSError(f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc} (is another server on port {self.port}? choose --port)") from None
         httpd.hub = self
         self._httpd = httpd
+        return httpd
+
+    def start(self) -> HubServer:
+        """Bind (port 0 picks a free port) and serve from a daemon thread; returns self."""
+        if self._httpd is not None:
+            return self
+        httpd = self._bind()
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.1}, name=f"hub-server-{self.url}", daemon=True
         )
         self._thread.start()
         return self
 
+    def serve(self, on_listening: Callable[[HubServer], None] = lambda server: None) -> None:
+        """Bind and serve in the calling thread until Ctrl-C, then stop: ``http.server``'s own pattern.
+
+        The main thread never waits on a join that a signal could interrupt; ``on_listening`` runs
+        inside the Ctrl-C guard, once the port is bound (to print the URL)."""
+        httpd = self._bind()
+        try:
+            on_listening(self)
+            httpd.serve_forever(poll_interval=0.1)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            self.stop()
+
     def stop(self) -> None:
         """Stop accepting, close open keep-alive connections and release the port."""
         httpd, self._httpd = self._httpd, None
         if httpd is None:
             return
-        httpd.shutdown()
+        if self._thread is not None:
+            httpd.shutdown()  # waits for the serving thread's loop to end (serve() has left its loop already)
         with self._connections_lock:
             open_connections = list(self._connections)
         for connection in open_connections:
@@ -546,11 +565,7 @@ class HubServer:
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    def wait(self) -> None:
-        """Block until the server stops (Ctrl-C raises KeyboardInterrupt here)."""
-        while self._thread is not None and self._thread.is_alive():
-            self._thread.join(0.5)
+            self._thread = None
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -623,24 +638,6 @@ class AdminClient:
 # Entry points.
 
 
-def start_in_thread(
-    root: Path,
-    repo_id: str = DEFAULT_REPO_ID,
-    repo_type: str = "dataset",
-    host: str = "127.0.0.1",
-    port: int = 0,
-    models: dict[str, Path] | None = None,
-    digests: DigestCache = SHARED_DIGESTS,
-    faults: bool = False,
-) -> HubServer:
-    """Serve ``root`` as ``repo_id`` (plus model repos ``models``: repo id -> folder) in a daemon thread."""
-    server = HubServer(host=host, port=port, digests=digests, faults=faults)
-    server.add_repo(repo_type, repo_id, Path(root))
-    for model_id, folder in (models or {}).items():
-        server.add_repo("model", model_id, Path(folder))
-    return server.start()
-
-
 def serve_forever(
     root: Path,
     repo_id: str = DEFAULT_REPO_ID,
@@ -653,16 +650,16 @@ def serve_forever(
     """Serve until Ctrl-C, then shut down cleanly; prints ``Serving <repo> from <root> at <url>``.
 
     Digests are kept in ``<root>/.cache/`` so that a restart does not hash every shard again."""
-    digests = DigestCache(journal=Path(root) / DIGEST_JOURNAL)
-    server = start_in_thread(root, repo_id, repo_type, host, port, models, digests, faults)
-    print(f"Serving {repo_id} from {root} at {server.url}", flush=True)
-    if not ipaddress.ip_address(server.host).is_loopback:
-        print(f"warning: no authentication: anyone who can reach {server.url} can read these repos", flush=True)
-    if faults:
-        print("fault injection is on: POST /_admin/faults", flush=True)
-    try:
-        server.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
+
+    def announce(server: HubServer) -> None:
+        print(f"Serving {repo_id} from {root} at {server.url}", flush=True)
+        if not ipaddress.ip_address(server.host).is_loopback:
+            print(f"warning: no authentication: anyone who can reach {server.url} can read these repos", flush=True)
+        if faults:
+            print("fault injection is on: POST /_admin/faults", flush=True)
+
+    server = HubServer(host=host, port=port, digests=DigestCache(journal=Path(root) / DIGEST_JOURNAL), faults=faults)
+    server.add_repo(repo_type, repo_id, Path(root))
+    for model_id, folder in (models or {}).items():
+        server.add_repo("model", model_id, Path(folder))
+    server.serve(on_listening=announce)
