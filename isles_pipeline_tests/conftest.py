@@ -28,6 +28,11 @@ def pytest_configure(config) -> None:
     and Xet included) stay as a user has them."""
     _SAVED_ENV.update(os.environ)
     become_subreaper()
+    # The processes the tests stop with Ctrl-C (`hub serve`, `dagster dev`) must get it as from a
+    # terminal: a shell that starts pytest in the background (`pytest &`) makes SIGINT ignored,
+    # and every child would inherit that (`dagster dev` then waits out its grace and is killed).
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     for key in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "GITHUB_TOKEN", "ISLES_DATA_DIR", "ISLES_HF_REPO", "ISLES_HF_REVISION"):
         os.environ.pop(key, None)
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="isles-tests-hf-home-")
