@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite twice while another process keeps one core busy: the test files in their
-# default order, then in reverse order. Prints each run's result line and wall time; the logs stay in
-# $LOGS (default: a temporary folder). Run from the project root in the README's venv:
-#   bash benchmarks/suite_under_load.sh
+# The whole test suite twice while another process keeps one core busy: as README runs it (xdist hands
+# out the files with the most tests first), then with the files in reverse order, handed out in that
+# order (--no-loadscope-reorder). Prints each run's result line and wall time; the logs stay in $LOGS
+# (default: a temporary folder). Run from the project root in the README's venv:
+#   bash benchmarks/suite_under_load.sh [default] [reversed]      (both when none is named)
 set -u
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-$(mktemp -d -t isles-suite-XXXXXX)}
@@ -19,5 +20,10 @@ run() {  # name, pytest arguments...
     rc=$?
     echo "$name: $(tail -n 1 "$LOGS/$name.log" | tr -d '=') rc=$rc wall=$(( $(date +%s) - start )) s, log $LOGS/$name.log"
 }
-run default
-run reversed $(ls isles_pipeline_tests/test_*.py | sort -r)
+for name in ${*:-default reversed}; do
+    case $name in
+        default) run default ;;
+        reversed) run reversed --no-loadscope-reorder $(ls isles_pipeline_tests/test_*.py | sort -r) ;;
+        *) echo "unknown run $name (default, reversed)" >&2; exit 2 ;;
+    esac
+done
