@@ -7,6 +7,7 @@
 set -u
 cd "$(dirname "$0")/.."
 LOGS=${LOGS:-$(mktemp -d -t isles-suite-XXXXXX)}
+mkdir -p "$LOGS"
 eval "$(bash scripts/postgres.sh)"
 python3 -c "while True: pass" &   # the other CPU-heavy process
 hog=$!
