@@ -49,8 +49,7 @@ class Leaderboard:
 
     @property
     def best(self) -> str | None:
-        ranked = self.table[self.table.mean_rank.notna()] if len(self.table) else self.table
-        return str(ranked.index[0]) if len(ranked) else None
+        return next(iter(self.ranked_models), None)  # the table is best first
 
     @property
     def ranked_models(self) -> list[str]:

@@ -4,6 +4,7 @@ carried in the metrics record and summarised in a person's words."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 
 import pandas as pd
@@ -36,10 +37,7 @@ def describe_data(records: pd.DataFrame, what: str = "scored") -> list[str]:
     if records.empty or not any(c in records for c in DATA_FIELDS):
         return []  # records that do not carry the data fields at all (not from case_metrics)
     columns = {c: records[c] if c in records else pd.Series([None] * len(records), index=records.index) for c in DATA_FIELDS}
-    keys = [tuple(None if pd.isna(v) else v for v in row) for row in zip(*columns.values(), strict=True)]
-    counts: dict[tuple, int] = {}
-    for key in keys:
-        counts[key] = counts.get(key, 0) + 1
+    counts = Counter(tuple(None if pd.isna(v) else v for v in row) for row in zip(*columns.values(), strict=True))
     return [f"{_source(dict(zip(DATA_FIELDS, key, strict=True)))}: {n} {what}" for key, n in counts.items()]
 
 
