@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 
 from .catalogue import DEFAULT_REPO_ID
-from .settings import SEGMENTERS, read_settings
+from .segment.options import SEGMENTERS
+from .settings import read_settings
 
 
 def _add_replica(sub: argparse._SubParsersAction) -> None:

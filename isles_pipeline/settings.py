@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 
 from .catalogue import DEFAULT_REPO_ID
+from .segment.options import SEGMENTERS
 
 DEFAULT_DATA_DIR = ".isles/data"
 DEFAULT_BACKFILL_CRON = "0 2 * * *"
 DEPLOYMENTS = ("local", "cluster")
-SEGMENTERS = ("rules", "network", "nnunet")
 # 512^3: above every real grid (ISLES'24 is about 512 x 512 x 80), far below what exhausts memory.
 DEFAULT_MAX_VOXELS = 512**3
 # The three images of a real case are about 50 MB; a shard needing 10x that is not a case.

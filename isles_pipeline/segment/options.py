@@ -119,8 +119,7 @@ def options_that_ran(segmenter: str, info: dict) -> dict:
     prediction records beside the options the registry gave."""
     if segmenter == "rules":
         return dict(info.get("params") or {})
-    names = {"network": ("target_spacing", "roi_size", "overlap", "sw_batch_size", "amp", "amp_ran"),
-             "nnunet": ("tile_step_size", "use_gaussian", "use_mirroring", "folds", "checkpoint_name", "recipe")}[segmenter]
+    names = (*option_names(segmenter), "amp_ran")  # amp_ran: whether mixed precision ran (CUDA only)
     return {name: _plain(info[name]) for name in names if name in info}
 
 
